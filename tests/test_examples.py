@@ -12,36 +12,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
-def test_fused_generate_example(checkpoint_dir: Any, family: str) -> None:
-    path = checkpoint_dir(family)
+def run_script(script: str, *args: str) -> str:
+    """Run a repository script in a fresh interpreter; return its stdout, failing with its stderr."""
     out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "fused_generate.py"),
-            "--model",
-            str(path),
-            "--max-new-tokens",
-            "5",
-            "--beta",
-            "0.3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=300, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "plain:" in out.stdout and "fused:" in out.stdout
+    return out.stdout
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_fused_generate_example(checkpoint_dir: Any, family: str) -> None:
+    stdout = run_script(
+        "examples/fused_generate.py", "--model", str(checkpoint_dir(family)), "--max-new-tokens", "5", "--beta", "0.3"
+    )
+    assert "plain:" in stdout and "fused:" in stdout
 
 
 def test_fusion_benchmark_runs_and_prints_ratios() -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_fusion.py"), "--repeats", "1", "--new-tokens", "4"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "ratios: live" in out.stdout and "official" in out.stdout
+    stdout = run_script("benchmarks/bench_fusion.py", "--repeats", "1", "--new-tokens", "4")
+    assert "ratios: live" in stdout and "official" in stdout
