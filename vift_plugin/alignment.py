@@ -107,6 +107,14 @@ def _per_token_keys(inputs: dict[str, Any], shape: torch.Size) -> list[str]:
     return [k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape == shape and k != "labels"]
 
 
+def _valid(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+
+
+def _image_mask(input_ids: torch.Tensor, valid: torch.Tensor, image_ids: set[int]) -> torch.Tensor:
+    return torch.isin(input_ids, torch.tensor(sorted(image_ids), device=input_ids.device)) & valid
+
+
 def _build(rows: list[dict[str, torch.Tensor]], pairs: list[tuple[int, torch.Tensor, torch.Tensor]]) -> Alignment:
     def cat(parts: Iterable[torch.Tensor]) -> torch.Tensor:
         parts = list(parts)
@@ -123,9 +131,8 @@ def _build(rows: list[dict[str, torch.Tensor]], pairs: list[tuple[int, torch.Ten
 def align_by_removal(inputs: dict[str, Any], image_ids: set[int], tokens: TokenScope) -> Alignment:
     """Derive the text-only rows by deleting image-span tokens and padding from each row."""
     input_ids: torch.Tensor = inputs["input_ids"]
-    mask = inputs.get("attention_mask")
-    valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
-    image = torch.isin(input_ids, torch.tensor(sorted(image_ids), device=input_ids.device)) & valid
+    valid = _valid(input_ids, inputs.get("attention_mask"))
+    image = _image_mask(input_ids, valid, image_ids)
     keep = valid & ~image
     keys = _per_token_keys(inputs, input_ids.shape)
     rows, pairs = [], []
@@ -153,11 +160,9 @@ def align_by_suffix(
         raise ValueError(
             f"vift_text_inputs has {text_ids.shape[0]} rows but the multimodal inputs have {input_ids.shape[0]}"
         )
-    mask = inputs.get("attention_mask")
-    valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
-    text_mask = text_inputs.get("attention_mask")
-    text_valid = torch.ones_like(text_ids, dtype=torch.bool) if text_mask is None else text_mask.bool()
-    image = torch.isin(input_ids, torch.tensor(sorted(image_ids), device=input_ids.device)) & valid
+    valid = _valid(input_ids, inputs.get("attention_mask"))
+    text_valid = _valid(text_ids, text_inputs.get("attention_mask"))
+    image = _image_mask(input_ids, valid, image_ids)
     keys = _per_token_keys(text_inputs, text_ids.shape)
     rows, pairs = [], []
     for b in range(input_ids.shape[0]):

@@ -57,6 +57,10 @@ def _expand(rows: torch.Tensor, positions: torch.Tensor, factor: int) -> tuple[t
     return expanded, positions.repeat_interleave(factor)
 
 
+def _left_pad(row: torch.Tensor, length: int, fill: int) -> torch.Tensor:
+    return torch.cat([torch.full((length - row.numel(),), fill, dtype=row.dtype), row])
+
+
 class FusionHandle:
     """The hooks, settings and text-state cache that ``enable_vift`` attached to one model."""
 
@@ -113,11 +117,11 @@ class FusionHandle:
         out = hidden.clone()
         current = out[rows, positions]
         alpha, beta = state.config.alpha, state.config.beta
-        if state.config.mode == "live":
-            out[rows, positions] = alpha * current + beta * text
-        else:
+        if state.mm_states:  # official mode with alpha != 1 (otherwise both modes are the live formula)
             unfused = state.mm_states[index].to(hidden.device, hidden.dtype).repeat_interleave(factor, dim=0)
             out[rows, positions] = current + beta * text + (alpha - 1.0) * unfused
+        else:
+            out[rows, positions] = alpha * current + beta * text
         return out
 
     def _capture(self, generate: Callable[..., Any], inputs: dict[str, Any], layers: set[int]) -> dict[int, Any]:
@@ -158,32 +162,21 @@ class FusionHandle:
             if key in self.text_cache:
                 self.text_cache.move_to_end(key)
                 results[key] = self.text_cache[key]
-        pending = list(dict.fromkeys(k for k in keys if k not in results))
+        unique = dict(zip(keys, rows, strict=True))
+        pending = [key for key in unique if key not in results]
         if pending:
-            first = {key: keys.index(key) for key in pending}
-            batch_rows = [rows[first[key]] for key in pending]
+            batch_rows = [unique[key] for key in pending]
             length = max(int(r["input_ids"].numel()) for r in batch_rows)
             pad_id = self.model.generation_config.pad_token_id
             pad_id = int(pad_id if pad_id is not None else 0)
-            batch: dict[str, torch.Tensor] = {}
-            for name in batch_rows[0]:
-                fill = pad_id if name == "input_ids" else 0
-                batch[name] = torch.stack(
-                    [
-                        torch.cat([torch.full((length - r[name].numel(),), fill, dtype=r[name].dtype), r[name]])
-                        for r in batch_rows
-                    ]
+            batch = {
+                name: torch.stack(
+                    [_left_pad(r[name], length, pad_id if name == "input_ids" else 0) for r in batch_rows]
                 ).to(device)
+                for name in batch_rows[0]
+            }
             batch["attention_mask"] = torch.stack(
-                [
-                    torch.cat(
-                        [
-                            torch.zeros(length - r["input_ids"].numel(), dtype=torch.long),
-                            torch.ones(r["input_ids"].numel(), dtype=torch.long),
-                        ]
-                    )
-                    for r in batch_rows
-                ]
+                [_left_pad(torch.ones_like(r["input_ids"]), length, 0) for r in batch_rows]
             ).to(device)
             captured = self._capture(generate, batch, layers)
             for i, (key, row) in enumerate(zip(pending, batch_rows, strict=True)):
@@ -225,15 +218,13 @@ class FusionHandle:
         pairs = list(zip(alignment.batch_index.tolist(), alignment.text_position.tolist(), strict=True))
         for layer in layers:
             state.text_states[layer] = torch.stack([per_row[b][layer][q] for b, q in pairs])
-        with _reuse_image_features(self.model, enabled=config.mode == "official" and config.alpha != 1.0):
-            if config.mode == "official" and config.alpha != 1.0:
+        needs_unfused = config.mode == "official" and config.alpha != 1.0
+        with _reuse_image_features(self.model, enabled=needs_unfused):
+            if needs_unfused:
                 model_inputs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
                 unfused = self._capture(generate, model_inputs, layers)
                 for layer in layers:
                     state.mm_states[layer] = unfused[layer][alignment.batch_index, alignment.mm_position]
-            elif config.mode == "official":
-                for layer in layers:
-                    state.mm_states[layer] = torch.zeros_like(state.text_states[layer])
             self.active = state
             try:
                 return generate(*args, **kwargs)
