@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     families = sub.add_parser("families", help="list the model families with tiny offline checkpoints")
     families.set_defaults(func=_cmd_families)
+
+    from vift_plugin.data.commands import add_convert_parser
+
+    add_convert_parser(sub)
     return parser
 
 
@@ -51,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except (ValueError, OSError) as error:
+        print(f"vift {args.command}: error: {error}", file=sys.stderr)
+        return 2
     return result
 
 

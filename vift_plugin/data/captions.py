@@ -1,0 +1,331 @@
+"""Caption data into instruction format: a caption request as the user turn, the caption as the answer.
+
+Inputs, as caption data really comes:
+
+- ``llava``: LLaVA-Pretrain / ShareGPT4V JSON or JSONL (``id``, ``image``, ``conversations``; the
+  caption is the first ``gpt`` turn);
+- ``coco``: COCO caption annotations (``images`` + ``annotations``), one row per annotation;
+- ``table``: JSON/JSONL/CSV/TSV/Parquet with an image path-or-URL column and a caption column
+  (LAION-style), the columns found by name or given;
+- a ``datasets.Dataset`` (or a ``save_to_disk`` folder), whose image column may be an ``Image`` feature.
+
+:func:`captions_to_messages` is the pure, batched transform shared by :func:`convert_captions`
+(``datasets.map``) and :func:`convert_caption_file` (streaming, for ``vift convert captions``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from vift_plugin.data.files import RowError, file_kind, iter_rows
+from vift_plugin.data.images import ImageError, image_size, is_url, normalize_image_path
+from vift_plugin.data.queries import QueryPool
+from vift_plugin.data.report import ConversionReport, convert_stream
+from vift_plugin.data.schema import OutputFormat, caption_messages, check_output_format, record
+
+logger = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("image", "image_path", "images", "file_name", "filename", "path", "url", "image_url", "URL", "img")
+CAPTION_COLUMNS = ("caption", "text", "TEXT", "captions", "alt_text", "description", "sentence")
+
+
+def guess_column(columns: Any, candidates: tuple[str, ...], what: str, where: str) -> str:
+    """The first of ``candidates`` among ``columns``, or an error listing both."""
+    for name in candidates:
+        if name in columns:
+            return name
+    raise ValueError(
+        f"{where}: no {what} column found among {sorted(columns)}; looked for {list(candidates)}. "
+        f"Name it with --{what}-column / {what}_column=."
+    )
+
+
+def detect_caption_format(path: str | os.PathLike[str]) -> str:
+    """``coco`` (an object with ``annotations``), ``llava`` (rows with ``conversations``) or ``table``."""
+    if file_kind(path) == "json":
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(4096).lstrip()
+        if head.startswith("{"):
+            return "coco"
+    for _, row in iter_rows(path):
+        return "llava" if isinstance(row, dict) and "conversations" in row else "table"
+    return "table"
+
+
+def _llava_rows(path: str) -> Iterator[tuple[str, Any]]:
+    for location, row in iter_rows(path):
+        if isinstance(row, RowError):
+            yield location, row
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("conversations"), list):
+            yield location, RowError(location, "expected an object with a 'conversations' list")
+            continue
+        caption = next(
+            (
+                t.get("value")
+                for t in row["conversations"]
+                if isinstance(t, dict) and t.get("from") in ("gpt", "assistant")
+            ),
+            None,
+        )
+        yield location, {"id": row.get("id"), "image": row.get("image"), "caption": caption}
+
+
+def _coco_rows(path: str) -> Iterator[tuple[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise RowError(path, "expected a COCO caption file: an object with 'images' and 'annotations' lists")
+    files = {image.get("id"): image.get("file_name") for image in data.get("images", []) if isinstance(image, dict)}
+    for index, annotation in enumerate(data["annotations"]):
+        location = f"{path}:annotations[{index}]"
+        if not isinstance(annotation, dict) or "image_id" not in annotation:
+            yield location, RowError(location, "annotation without an image_id")
+            continue
+        image = files.get(annotation["image_id"])
+        if image is None:
+            yield location, RowError(location, f"image_id {annotation['image_id']!r} is not in 'images'")
+            continue
+        yield location, {"id": annotation.get("id", index), "image": image, "caption": annotation.get("caption")}
+
+
+def _table_rows(path: str, image_column: str | None, caption_column: str | None) -> Iterator[tuple[str, Any]]:
+    columns: tuple[str, str] | None = None
+    for location, row in iter_rows(path):
+        if isinstance(row, RowError):
+            yield location, row
+            continue
+        if not isinstance(row, dict):
+            yield location, RowError(location, f"expected a record, got {type(row).__name__}")
+            continue
+        if columns is None:
+            columns = (
+                image_column or guess_column(row, IMAGE_COLUMNS, "image", path),
+                caption_column or guess_column(row, CAPTION_COLUMNS, "caption", path),
+            )
+        image, caption = columns
+        if image not in row or caption not in row:
+            yield location, RowError(location, f"missing column {image!r} or {caption!r}")
+            continue
+        yield location, {"id": row.get("id", row.get("key")), "image": row[image], "caption": row[caption]}
+
+
+CaptionReader = Callable[[str, str | None, str | None], Iterator[tuple[str, Any]]]
+CAPTION_READERS: dict[str, tuple[CaptionReader, str]] = {
+    "llava": (lambda path, image, caption: _llava_rows(path), "LLaVA-Pretrain / ShareGPT4V: id, image, conversations"),
+    "coco": (lambda path, image, caption: _coco_rows(path), "COCO captions: images + annotations"),
+    "table": (_table_rows, "JSON/JSONL/CSV/TSV/Parquet with image and caption columns (LAION-style)"),
+}
+
+
+def register_caption_format(name: str, reader: CaptionReader, description: str) -> None:
+    """Add an input format: ``reader(path, image_column, caption_column)`` yields ``(location, row)``
+    with rows ``{"id", "image", "caption"}`` (or a ``RowError`` for a malformed row)."""
+    CAPTION_READERS[name] = (reader, description)
+
+
+def read_caption_rows(
+    path: str | os.PathLike[str],
+    input_format: str = "auto",
+    *,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """``(location, {"id", "image", "caption"} | RowError)`` for each row of a caption file, streaming."""
+    name = os.fspath(path)
+    if input_format == "auto":
+        input_format = detect_caption_format(name)
+    if input_format not in CAPTION_READERS:
+        raise ValueError(f"input format must be 'auto' or one of {sorted(CAPTION_READERS)}, got {input_format!r}.")
+    return CAPTION_READERS[input_format][0](name, image_column, caption_column)
+
+
+def _check_caption(caption: Any) -> str:
+    if not isinstance(caption, str):
+        raise ValueError(f"caption must be text, got {type(caption).__name__}")
+    caption = caption.strip()
+    if not caption:
+        raise ValueError("empty caption")
+    return caption
+
+
+def _check_image(image: Any, image_root: str | None, verify_images: bool) -> Any:
+    if isinstance(image, dict) or (image is not None and hasattr(image, "size") and not isinstance(image, str)):
+        if verify_images:
+            image_size(image)
+        return image
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise ImageError("no image")
+    if not isinstance(image, str):
+        raise ImageError(f"image must be a path or URL string, got {type(image).__name__}")
+    if image_root is None:
+        return image.strip()
+    reference = normalize_image_path(image, image_root)
+    if verify_images and not is_url(reference):
+        image_size(reference, image_root)
+    return reference
+
+
+def captions_to_messages(
+    batch: dict[str, list[Any]],
+    indices: list[int] | None = None,
+    *,
+    queries: QueryPool | None = None,
+    seed: int = 0,
+    output_format: OutputFormat = "messages",
+    image_column: str = "image",
+    caption_column: str = "caption",
+    id_column: str | None = "id",
+    image_root: str | None = None,
+    verify_images: bool = False,
+    skip_bad: bool = False,
+    locations: list[str] | None = None,
+    rejects: list[dict[str, Any]] | None = None,
+) -> dict[str, list[Any]]:
+    """Batched transform (``datasets.map(batched=True, with_indices=True)``) of caption rows to records.
+
+    A bad row (empty caption, missing or escaping image, unreadable image with ``verify_images``)
+    raises ``RowError`` naming the row, or with ``skip_bad`` is left out and, when ``rejects`` is
+    given, appended to it as ``{"location", "reason"}``.
+    """
+    pool = queries or QueryPool()
+    images = batch[image_column]
+    captions = batch[caption_column]
+    ids = batch.get(id_column) if id_column else None
+    positions = indices if indices is not None else range(len(captions))
+    keys = ("id", "messages", "images") if output_format == "messages" else ("id", "image", "conversations")
+    out: dict[str, list[Any]] = {key: [] for key in keys}
+    for i, position in enumerate(positions):
+        location = locations[i] if locations else f"row {position}"
+        try:
+            caption = _check_caption(captions[i])
+            image = _check_image(images[i], image_root, verify_images)
+            row_id = str(ids[i]) if ids is not None and ids[i] is not None else str(position)
+            item = record(row_id, caption_messages(pool.pick(caption, row_id, seed), caption), [image], output_format)
+        except (ValueError, OSError) as error:
+            reason = error.reason if isinstance(error, RowError) else str(error)
+            if not skip_bad:
+                raise RowError(location, reason) from error
+            if rejects is not None:
+                rejects.append({"location": location, "reason": reason})
+            continue
+        for key in keys:
+            out[key].append(item.get(key))
+    return out
+
+
+def convert_captions(
+    dataset: Any,
+    *,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    id_column: str | None = None,
+    output_format: OutputFormat = "messages",
+    queries: QueryPool | None = None,
+    seed: int = 0,
+    image_root: str | os.PathLike[str] | None = None,
+    verify_images: bool = False,
+    skip_bad: bool = False,
+    num_proc: int | None = None,
+) -> Any:
+    """A caption ``datasets.Dataset`` in instruction format, through one batched ``map``.
+
+    An ``Image`` feature column stays an ``Image`` feature (as the ``images`` list) without decoding.
+    """
+    from datasets import Image, List
+
+    check_output_format(output_format)
+    columns = dataset.column_names
+    image_column = image_column or guess_column(columns, IMAGE_COLUMNS, "image", "dataset")
+    caption_column = caption_column or guess_column(columns, CAPTION_COLUMNS, "caption", "dataset")
+    if id_column is None and "id" in columns:
+        id_column = "id"
+    image_feature = isinstance(dataset.features.get(image_column), Image)
+    if image_feature:
+        if output_format == "llava":
+            raise ValueError("LLaVA's conversations format references image files; an Image feature needs 'messages'.")
+        dataset = dataset.cast_column(image_column, Image(decode=False))
+    converted = dataset.map(
+        captions_to_messages,
+        batched=True,
+        with_indices=True,
+        remove_columns=columns,
+        num_proc=num_proc,
+        desc="captions -> instructions",
+        fn_kwargs={
+            "queries": queries,
+            "seed": seed,
+            "output_format": output_format,
+            "image_column": image_column,
+            "caption_column": caption_column,
+            "id_column": id_column,
+            "image_root": None if image_root is None else os.fspath(image_root),
+            "verify_images": verify_images,
+            "skip_bad": skip_bad,
+        },
+    )
+    if image_feature:
+        converted = converted.cast_column("images", List(Image()))
+    skipped = len(dataset) - len(converted)
+    if skipped:
+        logger.warning("convert_captions: skipped %d bad row(s) of %d (skip_bad=True).", skipped, len(dataset))
+    return converted
+
+
+def convert_caption_file(
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    input_format: str = "auto",
+    output_format: OutputFormat = "messages",
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    queries: QueryPool | None = None,
+    seed: int = 0,
+    image_root: str | os.PathLike[str] | None = None,
+    verify_images: bool = True,
+    skip_bad: bool = False,
+    rejects_path: str | os.PathLike[str] | None = None,
+    chunk_size: int = 4096,
+) -> ConversionReport:
+    """Stream a caption file into a ``.jsonl``/``.json`` file of records, written atomically.
+
+    Image paths resolve under ``image_root`` (default: the input file's folder) and are written
+    relative to it. ``verify_images`` reads every image header (missing, unreadable or empty images
+    are bad rows); turn it off for speed when the files are known good.
+    """
+    check_output_format(output_format)
+    root = os.fspath(image_root) if image_root is not None else str(Path(path).resolve().parent)
+    rows = read_caption_rows(path, input_format, image_column=image_column, caption_column=caption_column)
+
+    def transform(
+        columns: dict[str, list[Any]], positions: list[int], locations: list[str], rejects: list[dict[str, Any]]
+    ) -> Any:
+        return captions_to_messages(
+            columns,
+            positions,
+            queries=queries,
+            seed=seed,
+            output_format=output_format,
+            image_root=root,
+            verify_images=verify_images,
+            skip_bad=skip_bad,
+            locations=locations,
+            rejects=rejects,
+        )
+
+    return convert_stream(
+        rows,
+        transform,
+        ("id", "image", "caption"),
+        output,
+        skip_bad=skip_bad,
+        rejects_path=rejects_path,
+        chunk_size=chunk_size,
+        source=os.fspath(path),
+    )

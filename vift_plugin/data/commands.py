@@ -1,0 +1,194 @@
+"""``vift convert``: captions, text instructions and their mix, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _is_dataset_dir(path: str) -> bool:
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, name)) for name in ("dataset_info.json", "state.json", "dataset_dict.json")
+    )
+
+
+def save_dataset(dataset: Any, output: str) -> None:
+    """``.jsonl``/``.json``: records written atomically; anything else: a ``save_to_disk`` folder, atomically."""
+    from vift_plugin.data.files import RecordWriter, dump_columns
+
+    if output.endswith((".jsonl", ".json")):
+        with RecordWriter(output) as writer:
+            for start in range(0, len(dataset), 4096):
+                writer.write(dump_columns(dataset[start : start + 4096]))
+        return
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    try:
+        dataset.save_to_disk(temporary)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _rejects(args: argparse.Namespace) -> str | None:
+    if not args.skip_bad:
+        return None
+    return args.rejects or f"{args.output}.rejects.jsonl"
+
+
+def _cmd_captions(args: argparse.Namespace) -> int:
+    from vift_plugin.data.captions import convert_caption_file, convert_captions
+    from vift_plugin.data.queries import QueryPool
+
+    queries = QueryPool.from_file(args.queries) if args.queries else QueryPool()
+    if args.format == "hf" or (args.format == "auto" and _is_dataset_dir(args.input)):
+        from datasets import load_from_disk
+
+        converted = convert_captions(
+            load_from_disk(args.input),
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            output_format=args.to,
+            queries=queries,
+            seed=args.seed,
+            image_root=args.image_root,
+            verify_images=args.verify_images,
+            skip_bad=args.skip_bad,
+        )
+        save_dataset(converted, args.output)
+        print(f"wrote {len(converted)} record(s) to {args.output}")
+        return 0
+    report = convert_caption_file(
+        args.input,
+        args.output,
+        input_format=args.format,
+        output_format=args.to,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        queries=queries,
+        seed=args.seed,
+        image_root=args.image_root,
+        verify_images=args.verify_images,
+        skip_bad=args.skip_bad,
+        rejects_path=_rejects(args),
+    )
+    print(report.summary())
+    return 0
+
+
+def _cmd_text(args: argparse.Namespace) -> int:
+    from vift_plugin.data.instructions import convert_instruction_file
+
+    report = convert_instruction_file(
+        args.input, args.output, output_format=args.to, skip_bad=args.skip_bad, rejects_path=_rejects(args)
+    )
+    print(report.summary())
+    return 0
+
+
+def _parse_ratios(items: list[str]) -> dict[str, float]:
+    ratios = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            ratios[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"--ratio expects MODALITY=NUMBER (e.g. text=2.0), got {item!r}") from None
+    return ratios
+
+
+def _cmd_mix(args: argparse.Namespace) -> int:
+    from datasets import load_dataset
+
+    from vift_plugin.data.mixing import mix_datasets
+    from vift_plugin.processors import load_processor
+
+    def load(path: str | None) -> Any:
+        if path is None:
+            return None
+        if _is_dataset_dir(path):
+            from datasets import load_from_disk
+
+            return load_from_disk(path)
+        return load_dataset("json", data_files=path, split="train")
+
+    mixed = mix_datasets(
+        load(args.captions),
+        load(args.text),
+        load_processor(args.processor),
+        ratios=_parse_ratios(args.ratio),
+        seed=args.seed,
+        image_root=args.image_root,
+        max_pixels=args.max_pixels,
+    )
+    save_dataset(mixed, args.output)
+    counts = {m: mixed["modality"].count(m) for m in ("image", "text")} if len(mixed) else {}
+    print(f"wrote {len(mixed)} record(s) ({counts}) with modality and length columns to {args.output}")
+    return 0
+
+
+def _cmd_formats(args: argparse.Namespace) -> int:
+    from vift_plugin.data.captions import CAPTION_READERS
+
+    print("caption inputs (vift convert captions --format NAME):")
+    for name, (_, description) in sorted(CAPTION_READERS.items()):
+        print(f"  {name:8s} {description}")
+    print("  hf       a datasets save_to_disk folder (image column may be an Image feature)")
+    print("text inputs (vift convert text): ShareGPT conversations, Alpaca instruction/input/output, messages")
+    print("outputs (--to): messages (Hugging Face chat format + images), llava (conversations JSON)")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="input file (.json, .jsonl, .csv, .tsv, .parquet) or dataset folder")
+    parser.add_argument("-o", "--output", required=True, help="output .jsonl/.json file (or folder for datasets)")
+    parser.add_argument("--to", choices=("messages", "llava"), default="messages", help="output record format")
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad rows (counted) instead of stopping")
+    parser.add_argument("--rejects", help="where skipped rows are listed (default: OUTPUT.rejects.jsonl)")
+
+
+def add_convert_parser(sub: Any) -> None:
+    convert = sub.add_parser("convert", help="convert caption and text-instruction data to training records")
+    kinds = convert.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    captions = kinds.add_parser("captions", help="caption data -> instruction records (a caption request + caption)")
+    _common(captions)
+    captions.add_argument("--format", default="auto", help="input format: auto, llava, coco, table, hf")
+    captions.add_argument("--image-root", help="folder image paths resolve under (default: the input's folder)")
+    captions.add_argument("--image-column", help="image path/URL column of a table (default: guessed)")
+    captions.add_argument("--caption-column", help="caption column of a table (default: guessed)")
+    captions.add_argument("--queries", help="JSON file with 'brief'/'detailed' request lists")
+    captions.add_argument("--seed", type=int, default=0, help="seed of the request choice")
+    captions.add_argument(
+        "--no-verify-images",
+        dest="verify_images",
+        action="store_false",
+        help="do not read image headers (faster; missing files surface at training time)",
+    )
+    captions.set_defaults(func=_cmd_captions)
+
+    text = kinds.add_parser("text", help="ShareGPT / Alpaca / messages text instructions -> records")
+    _common(text)
+    text.set_defaults(func=_cmd_text)
+
+    mix = kinds.add_parser("mix", help="caption + text records -> one dataset with modality and length columns")
+    mix.add_argument("--captions", help="caption records (.jsonl/.json or dataset folder)")
+    mix.add_argument("--text", help="text records (.jsonl/.json or dataset folder)")
+    mix.add_argument("--processor", required=True, help="model or processor path (for token lengths)")
+    mix.add_argument("-o", "--output", required=True, help="output dataset folder (or .jsonl)")
+    mix.add_argument("--ratio", action="append", default=[], help="MODALITY=R resampling, e.g. text=2.0")
+    mix.add_argument("--image-root", help="folder image paths resolve under")
+    mix.add_argument("--max-pixels", type=int, help="count image tokens as if images were capped to this")
+    mix.add_argument("--seed", type=int, default=0)
+    mix.set_defaults(func=_cmd_mix)
+
+    formats = kinds.add_parser("formats", help="list the input and output formats")
+    formats.set_defaults(func=_cmd_formats)

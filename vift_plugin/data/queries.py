@@ -1,0 +1,69 @@
+"""The caption requests a caption is paired with: brief or detailed by caption length, picked by seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+
+BRIEF_QUERIES = (
+    "Describe the image briefly.",
+    "Give a short caption for this picture.",
+    "What does this image show? Answer in one sentence.",
+    "Write a concise description of the photo.",
+    "Summarise the picture in a few words.",
+    "Provide a brief caption.",
+    "In one line, what is in this image?",
+    "Caption this image.",
+    "Tell me briefly what you see.",
+    "Write a one-sentence summary of the image.",
+)
+
+DETAILED_QUERIES = (
+    "Describe the image in detail.",
+    "Give a thorough description of everything visible in this picture.",
+    "What is happening in this image? Describe it carefully, including the objects, colours and layout.",
+    "Write a detailed caption for the photo.",
+    "Explain the contents of the image as completely as you can.",
+    "Describe this scene in depth.",
+    "Provide a comprehensive description of the picture.",
+    "Walk me through the details of this image.",
+)
+
+
+@dataclass(frozen=True)
+class QueryPool:
+    """User-turn requests for captions; captions longer than ``detailed_min_words`` get a detailed one."""
+
+    brief: tuple[str, ...] = field(default=BRIEF_QUERIES, metadata={"help": "Requests for short captions."})
+    detailed: tuple[str, ...] = field(default=DETAILED_QUERIES, metadata={"help": "Requests for long captions."})
+    detailed_min_words: int = field(
+        default=30, metadata={"help": "Captions with at least this many words get a detailed request."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("brief", "detailed"):
+            pool = getattr(self, name)
+            if isinstance(pool, str) or not pool or not all(isinstance(q, str) and q.strip() for q in pool):
+                raise ValueError(f"QueryPool.{name} must be a non-empty list of non-empty strings, got {pool!r}.")
+            object.__setattr__(self, name, tuple(pool))
+        if self.detailed_min_words < 1:
+            raise ValueError(f"detailed_min_words must be >= 1, got {self.detailed_min_words}.")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> QueryPool:
+        """Read ``{"brief": [...], "detailed": [...], "detailed_min_words": N}`` (any key optional)."""
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object with 'brief' and/or 'detailed' lists.")
+        unknown = set(data) - {"brief", "detailed", "detailed_min_words"}
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected brief, detailed, detailed_min_words.")
+        return cls(**data)
+
+    def pick(self, caption: str, key: str, seed: int) -> str:
+        """The request for ``caption``; depends only on ``seed``, ``key`` (the row id) and the caption length."""
+        pool = self.detailed if len(caption.split()) >= self.detailed_min_words else self.brief
+        return pool[zlib.crc32(f"{seed}\x00{key}".encode()) % len(pool)]
