@@ -23,6 +23,7 @@ from vift_plugin.data.images import load_image
 
 IGNORE_INDEX = -100
 _DROPPED_KEYS = ("offset_mapping", "text_replacement_offsets", "labels")
+PREFIX_LM_PROCESSORS = ("PaliGemmaProcessor",)
 
 
 def _clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -107,6 +108,8 @@ class ViFTDataCollator:
             raise ValueError(f"row {row}: {error}") from error
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if type(self.processor).__name__ in PREFIX_LM_PROCESSORS:
+            return self._prefix_lm_batch(features)
         texts, spans, images, ids = [], [], [], []
         for position, feature in enumerate(features):
             row = str(feature.get("id", position))
@@ -181,3 +184,38 @@ class ViFTDataCollator:
         for key, value in batch.items():
             if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == length:
                 batch[key] = value[:, : self.max_length]
+
+    def _prefix_lm_batch(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """PaliGemma: prompt as prefix, answer as ``suffix`` (``token_type_ids`` mark it for prefix-LM attention)."""
+        prompts, answers, images, ids = [], [], [], []
+        for position, feature in enumerate(features):
+            row = str(feature.get("id", position))
+            ids.append(row)
+            messages = [m for m in _clean_messages(feature["messages"]) if m["role"] != "system"]
+            if [m["role"] for m in messages] != ["user", "assistant"]:
+                raise ValueError(
+                    f"row {row}: {type(self.processor).__name__} trains on one prompt/answer pair per sample "
+                    "(prefix-LM); split multi-turn dialogues into single exchanges"
+                )
+            prompts.append(_message_text(messages[0]))
+            answers.append(_message_text(messages[1]))
+            images.append(self._images(feature, messages, row))
+        kwargs: dict[str, Any] = {"padding": True, "padding_side": self.padding_side, "return_tensors": "pt"}
+        if any(images):
+            batch = self.processor(text=prompts, images=images, suffix=answers, **kwargs)
+            batch.pop("labels", None)
+        else:
+            tokenizer = self.tokenizer
+            batch = tokenizer(
+                [f"{tokenizer.bos_token}{prompt}\n" for prompt in prompts],
+                text_pair=[f"{answer}{tokenizer.eos_token}" for answer in answers],
+                add_special_tokens=False,
+                return_token_type_ids=True,
+                **kwargs,
+            )
+        labels = batch["input_ids"].masked_fill(batch["token_type_ids"] == 0, IGNORE_INDEX)
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        batch["labels"] = labels
+        if self.max_length is not None:
+            self._truncate(batch, ids)
+        return dict(batch)

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import torch
+from PIL import Image
 
 from vift_plugin.data.images import ImageError, capped_size, image_size
 
@@ -38,6 +39,7 @@ class TokenCounter:
         self.max_pixels = max_pixels
         self.first_exchange, self.next_exchange = self._template_overhead(1), self._template_overhead(2)
         self.next_exchange -= self.first_exchange
+        self.image_overhead = self._image_overhead()
         self.image_tokens = functools.lru_cache(maxsize=65536)(self._image_tokens)
 
     def _template_overhead(self, exchanges: int) -> int:
@@ -54,8 +56,26 @@ class TokenCounter:
         content = len(self.tokenizer("\n".join(["a\nb"] * exchanges), add_special_tokens=False)["input_ids"])
         return max(0, len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) - content)
 
+    def _image_overhead(self, size: int = 56) -> int:
+        """Tokens one image adds beyond the processor's count (template markers, separators), measured once."""
+        conversation = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "b"}]},
+        ]
+        try:
+            text = self.processor.apply_chat_template(conversation, tokenize=False)
+            image = Image.new("RGB", (size, size))
+            ids = self.processor(text=[text], images=[[image]], add_special_tokens=False)["input_ids"][0]
+        except Exception:  # noqa: BLE001 - processors without templates or batched images: no correction
+            return 0
+        content = len(self.tokenizer("a\nb", add_special_tokens=False)["input_ids"])
+        return len(ids) - self.first_exchange - content - self._processor_image_tokens(size, size)
+
     def _image_tokens(self, width: int, height: int) -> int:
         width, height = capped_size(width, height, self.max_pixels)
+        return self._processor_image_tokens(width, height) + self.image_overhead
+
+    def _processor_image_tokens(self, width: int, height: int) -> int:
         counter = getattr(self.processor, "_get_num_multimodal_tokens", None)
         if counter is not None:
             data = counter(image_sizes=[(height, width)])
