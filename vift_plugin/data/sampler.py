@@ -13,9 +13,11 @@ with more samples of the same modality, so no step ever mixes.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -63,7 +65,7 @@ class ModalityGroupedSampler(Sampler[int]):
             ("world_size", world_size),
             ("gradient_accumulation_steps", gradient_accumulation_steps),
         ):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if remainder not in ("drop", "fill"):
             raise ValueError(f"remainder must be 'drop' or 'fill', got {remainder!r}.")
@@ -77,10 +79,10 @@ class ModalityGroupedSampler(Sampler[int]):
                 raise ValueError("lengths must be >= 0.")
         else:
             self.lengths = None
-        self.batch_size = batch_size
-        self.world_size = world_size
-        self.gradient_accumulation_steps = gradient_accumulation_steps
-        self.step_size = batch_size * world_size * gradient_accumulation_steps
+        self.batch_size = int(batch_size)
+        self.world_size = int(world_size)
+        self.gradient_accumulation_steps = int(gradient_accumulation_steps)
+        self.step_size = self.batch_size * self.world_size * self.gradient_accumulation_steps
         self.seed = int(seed)
         self.remainder: Remainder = remainder
         self.length_window = length_window
@@ -131,8 +133,9 @@ class ModalityGroupedSampler(Sampler[int]):
         return self._length
 
     def _generator(self) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed % 2**64, self.epoch % 2**64]).generate_state(2, dtype=np.uint32)
         generator = torch.Generator()
-        generator.manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63 - 1))
+        generator.manual_seed((int(state[0]) << 31) ^ int(state[1]))
         return generator
 
     def _modality_steps(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
