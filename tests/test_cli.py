@@ -29,3 +29,21 @@ def test_tiny_subcommand_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert main(["tiny", "qwen2_vl", str(tmp_path / "ckpt")]) == 0
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "ckpt")
     assert model.config.model_type == "qwen2_vl"
+
+
+def test_convert_text_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    source = tmp_path / "alpaca.json"
+    rows = [{"instruction": "Add 2 and 2.", "input": "", "output": "4"}, {"instruction": "Say hi", "output": ""}]
+    source.write_text(json.dumps(rows))
+    output = tmp_path / "text.jsonl"
+    assert main(["convert", "text", str(source), "-o", str(output)]) == 2
+    assert "alpaca.json:1: turn 1 (assistant) is empty" in capsys.readouterr().err
+    assert not output.exists()
+    assert main(["convert", "text", str(source), "-o", str(output), "--skip-bad", "--to", "llava"]) == 0
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert records == [
+        {"id": "0", "conversations": [{"from": "human", "value": "Add 2 and 2."}, {"from": "gpt", "value": "4"}]}
+    ]
+    assert "skipped 1 bad row(s)" in capsys.readouterr().out

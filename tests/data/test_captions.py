@@ -22,6 +22,7 @@ from vift_plugin.data import (
     convert_captions,
     read_caption_rows,
 )
+from vift_plugin.data.files import RecordWriter
 from vift_plugin.data.queries import BRIEF_QUERIES, DETAILED_QUERIES
 
 CAPTIONS = {"a": "A red square on a white background.", "b": "Two blue circles.", "c": "A green triangle."}
@@ -253,17 +254,15 @@ def test_crash_mid_stream_leaves_no_output(tmp_path: Path, image_dir: Path, monk
     source = tmp_path / "many.jsonl"
     source.write_text("".join(json.dumps({"url": "a.png", "caption": f"c{i}"}) + "\n" for i in range(50)))
     calls = {"n": 0}
-    from vift_plugin.data import report as report_module
+    original = RecordWriter.write
 
-    original = report_module.dump_columns
-
-    def exploding(columns: dict[str, list[Any]]) -> Any:
+    def exploding(self: RecordWriter, lines: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original(columns)
+        original(self, lines)
 
-    monkeypatch.setattr(report_module, "dump_columns", exploding)
+    monkeypatch.setattr(RecordWriter, "write", exploding)
     with pytest.raises(KeyboardInterrupt):
         convert_caption_file(source, tmp_path / "out.jsonl", image_root=image_dir, chunk_size=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "many.jsonl"]

@@ -185,5 +185,25 @@ def test_bad_settings_are_rejected(checkpoint_dir: Any) -> None:
         ViFTDataCollator(processor, padding_side="middle")
     with pytest.raises(ValueError, match="no assistant turn"):
         ViFTDataCollator(processor)([{"messages": [turn("user", "hi")], "images": []}])
-    with pytest.raises(ValueError, match="no 'messages'"):
+    with pytest.raises(ValueError, match="no assistant turn"):
         ViFTDataCollator(processor)([{"conversations": []}])
+    with pytest.raises(ValueError, match="no 'messages' or 'conversations'"):
+        ViFTDataCollator(processor)([{"text": "hello"}])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_llava_conversation_records_collate_like_chat_records(
+    tiny: tuple[Any, Any], family: str, tmp_path: Path
+) -> None:
+    from vift_plugin.data.schema import record
+
+    _, processor = tiny
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "x.png")
+    messages = caption_messages("Describe.", "A red box.")
+    chat = record("x", messages, ["x.png"], "messages")
+    llava = record("x", messages, ["x.png"], "llava")
+    collator = ViFTDataCollator(processor, image_root=tmp_path)
+    chat_batch, llava_batch = collator([chat]), collator([llava])
+    assert chat_batch.keys() == llava_batch.keys()
+    for key, value in chat_batch.items():
+        assert torch.equal(value, llava_batch[key]), key

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from vift_plugin.data.files import RowError, file_kind, iter_rows
-from vift_plugin.data.images import ImageError, image_size, is_url, normalize_image_path
+from vift_plugin.data.images import ImageError, ImageRoot, image_size, is_url
 from vift_plugin.data.queries import QueryPool
 from vift_plugin.data.report import ConversionReport, convert_stream
-from vift_plugin.data.schema import OutputFormat, caption_messages, check_output_format, record
+from vift_plugin.data.schema import LLAVA_IMAGE_TOKEN, OutputFormat, caption_messages, check_output_format, record
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _check_caption(caption: Any) -> str:
     return caption
 
 
-def _check_image(image: Any, image_root: str | None, verify_images: bool) -> Any:
+def _check_image(image: Any, paths: ImageRoot | None, verify_images: bool) -> Any:
     if isinstance(image, dict) or (image is not None and hasattr(image, "size") and not isinstance(image, str)):
         if verify_images:
             image_size(image)
@@ -163,12 +163,50 @@ def _check_image(image: Any, image_root: str | None, verify_images: bool) -> Any
         raise ImageError("no image")
     if not isinstance(image, str):
         raise ImageError(f"image must be a path or URL string, got {type(image).__name__}")
-    if image_root is None:
+    if paths is None:
         return image.strip()
-    reference = normalize_image_path(image, image_root)
+    reference = paths.relative(image)
     if verify_images and not is_url(reference):
-        image_size(reference, image_root)
+        image_size(reference, paths.root)
     return reference
+
+
+def _valid_rows(
+    batch: dict[str, list[Any]],
+    indices: Any,
+    *,
+    queries: QueryPool | None,
+    seed: int,
+    image_column: str,
+    caption_column: str,
+    id_column: str | None,
+    image_root: str | None,
+    verify_images: bool,
+    skip_bad: bool,
+    locations: list[str] | None,
+    rejects: list[dict[str, Any]] | None,
+) -> Iterator[tuple[str, str, str, Any]]:
+    """``(id, query, caption, image)`` of each good row; bad rows raise or are recorded as rejects."""
+    pool = queries or QueryPool()
+    images = batch[image_column]
+    captions = batch[caption_column]
+    ids = batch.get(id_column) if id_column else None
+    positions = indices if indices is not None else range(len(captions))
+    paths = ImageRoot(image_root) if image_root is not None else None
+    for i, position in enumerate(positions):
+        try:
+            caption = _check_caption(captions[i])
+            image = _check_image(images[i], paths, verify_images)
+            row_id = str(ids[i]) if ids is not None and ids[i] is not None else str(position)
+        except (ValueError, OSError) as error:
+            location = locations[i] if locations else f"row {position}"
+            reason = error.reason if isinstance(error, RowError) else str(error)
+            if not skip_bad:
+                raise RowError(location, reason) from error
+            if rejects is not None:
+                rejects.append({"location": location, "reason": reason})
+            continue
+        yield row_id, pool.pick(caption, row_id, seed), caption, image
 
 
 def captions_to_messages(
@@ -193,30 +231,48 @@ def captions_to_messages(
     raises ``RowError`` naming the row, or with ``skip_bad`` is left out and, when ``rejects`` is
     given, appended to it as ``{"location", "reason"}``.
     """
-    pool = queries or QueryPool()
-    images = batch[image_column]
-    captions = batch[caption_column]
-    ids = batch.get(id_column) if id_column else None
-    positions = indices if indices is not None else range(len(captions))
     keys = ("id", "messages", "images") if output_format == "messages" else ("id", "image", "conversations")
     out: dict[str, list[Any]] = {key: [] for key in keys}
-    for i, position in enumerate(positions):
-        location = locations[i] if locations else f"row {position}"
-        try:
-            caption = _check_caption(captions[i])
-            image = _check_image(images[i], image_root, verify_images)
-            row_id = str(ids[i]) if ids is not None and ids[i] is not None else str(position)
-            item = record(row_id, caption_messages(pool.pick(caption, row_id, seed), caption), [image], output_format)
-        except (ValueError, OSError) as error:
-            reason = error.reason if isinstance(error, RowError) else str(error)
-            if not skip_bad:
-                raise RowError(location, reason) from error
-            if rejects is not None:
-                rejects.append({"location": location, "reason": reason})
-            continue
+    rows = _valid_rows(
+        batch,
+        indices,
+        queries=queries,
+        seed=seed,
+        image_column=image_column,
+        caption_column=caption_column,
+        id_column=id_column,
+        image_root=image_root,
+        verify_images=verify_images,
+        skip_bad=skip_bad,
+        locations=locations,
+        rejects=rejects,
+    )
+    for row_id, query, caption, image in rows:
+        item = record(row_id, caption_messages(query, caption), [image], output_format)
         for key in keys:
-            out[key].append(item.get(key))
+            out[key].append(item[key])
     return out
+
+
+def _messages_line(row_id: str, query: str, caption: str, image: str) -> str:
+    """``json.dumps(record(..., "messages"))`` without building the nested objects (the converter's hot path)."""
+    return (
+        f'{{"id": {_quote(row_id)}, "messages": [{{"role": "user", "content": [{{"type": "image", "text": null}}, '
+        f'{{"type": "text", "text": {_quote(query)}}}]}}, {{"role": "assistant", "content": [{{"type": "text", '
+        f'"text": {_quote(caption)}}}]}}], "images": [{_quote(image)}]}}'
+    )
+
+
+def _llava_line(row_id: str, query: str, caption: str, image: str) -> str:
+    """``json.dumps(record(..., "llava"))`` without building the nested objects."""
+    return (
+        f'{{"id": {_quote(row_id)}, "image": {_quote(image)}, "conversations": [{{"from": "human", '
+        f'"value": {_quote(LLAVA_IMAGE_TOKEN + chr(10) + query)}}}, {{"from": "gpt", "value": {_quote(caption)}}}]}}'
+    )
+
+
+SERIALISERS = {"messages": _messages_line, "llava": _llava_line}
+_quote = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def convert_captions(
@@ -303,21 +359,26 @@ def convert_caption_file(
     root = os.fspath(image_root) if image_root is not None else str(Path(path).resolve().parent)
     rows = read_caption_rows(path, input_format, image_column=image_column, caption_column=caption_column)
 
+    serialise = SERIALISERS[output_format]
+
     def transform(
         columns: dict[str, list[Any]], positions: list[int], locations: list[str], rejects: list[dict[str, Any]]
-    ) -> Any:
-        return captions_to_messages(
+    ) -> Iterator[str]:
+        rows = _valid_rows(
             columns,
             positions,
             queries=queries,
             seed=seed,
-            output_format=output_format,
+            image_column="image",
+            caption_column="caption",
+            id_column="id",
             image_root=root,
             verify_images=verify_images,
             skip_bad=skip_bad,
             locations=locations,
             rejects=rejects,
         )
+        return (serialise(*row) for row in rows)
 
     return convert_stream(
         rows,

@@ -20,6 +20,7 @@ import torch
 
 from vift_plugin.alignment import image_token_ids_from_processor
 from vift_plugin.data.images import load_image
+from vift_plugin.data.schema import llava_to_messages
 
 IGNORE_INDEX = -100
 _DROPPED_KEYS = ("offset_mapping", "text_replacement_offsets", "labels")
@@ -42,6 +43,16 @@ def _message_text(message: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.get("text") or "" for part in content or [] if part.get("type") == "text")
+
+
+def as_chat_record(feature: dict[str, Any], row: str) -> dict[str, Any]:
+    """A chat-format record; LLaVA ``conversations`` records (``image`` path) are converted."""
+    if "messages" in feature:
+        return feature
+    if "conversations" in feature:
+        image = feature.get("image")
+        return {"messages": llava_to_messages(feature["conversations"]), "images": [image] if image else []}
+    raise ValueError(f"row {row}: no 'messages' or 'conversations'; convert the data with vift_plugin.data first")
 
 
 @dataclass
@@ -113,12 +124,11 @@ class ViFTDataCollator:
         texts, spans, images, ids = [], [], [], []
         for position, feature in enumerate(features):
             row = str(feature.get("id", position))
-            if "messages" not in feature:
-                raise ValueError(f"row {row}: no 'messages'; convert the data with vift_plugin.data first")
+            feature = as_chat_record(feature, row)
             messages = _clean_messages(feature["messages"])
-            text, turn_spans = self.render(messages)
-            if not turn_spans:
+            if not any(m.get("role") == "assistant" for m in messages):
                 raise ValueError(f"row {row}: no assistant turn to learn from")
+            text, turn_spans = self.render(messages)
             texts.append(text)
             spans.append(turn_spans)
             images.append(self._images(feature, messages, row))
@@ -191,6 +201,7 @@ class ViFTDataCollator:
         for position, feature in enumerate(features):
             row = str(feature.get("id", position))
             ids.append(row)
+            feature = as_chat_record(feature, row)
             messages = [m for m in _clean_messages(feature["messages"]) if m["role"] != "system"]
             if [m["role"] for m in messages] != ["user", "assistant"]:
                 raise ValueError(

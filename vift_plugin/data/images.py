@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import posixpath
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,26 +23,40 @@ def is_url(reference: str) -> bool:
     return reference.startswith(URL_PREFIXES)
 
 
-def normalize_image_path(reference: str, image_root: str | os.PathLike[str]) -> str:
-    """The ``/``-separated path of ``reference`` relative to ``image_root``; URLs pass through.
+class ImageRoot:
+    """Checks image references against one root folder (its absolute path computed once)."""
 
-    Absolute paths inside the root are made relative; any path that leaves the root (``..``, or an
-    absolute path elsewhere) raises :class:`ImageError`. The check is lexical, like archive
-    extraction guards: symbolic links inside the root are the user's own choice.
-    """
-    if not isinstance(reference, str) or not reference.strip():
-        raise ImageError(f"image reference must be a non-empty string, got {reference!r}")
-    reference = reference.strip()
-    if is_url(reference):
-        return reference
-    root = os.path.abspath(image_root)
-    full = os.path.normpath(os.path.join(root, reference))
-    if full != root and not full.startswith(root.rstrip(os.sep) + os.sep):
-        raise ImageError(f"image path {reference!r} escapes the image root {root}")
-    relative = os.path.relpath(full, root)
-    if relative == ".":
-        raise ImageError(f"image path {reference!r} names the image root itself, not a file")
-    return relative.replace(os.sep, "/")
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(root)
+        self._prefix = self.root.rstrip(os.sep) + os.sep
+
+    def relative(self, reference: str) -> str:
+        """The ``/``-separated path of ``reference`` relative to the root; URLs pass through.
+
+        Absolute paths inside the root are made relative; a path that leaves the root (``..``, or
+        an absolute path elsewhere) raises :class:`ImageError`. The check is lexical, like archive
+        extraction guards: symbolic links inside the root are the user's own choice.
+        """
+        if not isinstance(reference, str) or not reference.strip():
+            raise ImageError(f"image reference must be a non-empty string, got {reference!r}")
+        reference = reference.strip()
+        if is_url(reference):
+            return reference
+        if os.sep == "/" and not reference.startswith("/"):
+            normal = posixpath.normpath(reference)
+            if normal == reference and normal != "." and normal != ".." and not normal.startswith("../"):
+                return reference
+        full = os.path.normpath(os.path.join(self.root, reference))
+        if not full.startswith(self._prefix):
+            if full == self.root:
+                raise ImageError(f"image path {reference!r} names the image root itself, not a file")
+            raise ImageError(f"image path {reference!r} escapes the image root {self.root}")
+        return full[len(self._prefix) :].replace(os.sep, "/")
+
+
+def normalize_image_path(reference: str, image_root: str | os.PathLike[str]) -> str:
+    """``ImageRoot(image_root).relative(reference)``: the path relative to the root, escapes rejected."""
+    return ImageRoot(image_root).relative(reference)
 
 
 def resolve_image_path(reference: str, image_root: str | os.PathLike[str] | None) -> str:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from vift_plugin.data.files import RowError, iter_rows
+from vift_plugin.data.files import RowError, dump_columns, iter_rows
 from vift_plugin.data.report import ConversionReport, convert_stream
 from vift_plugin.data.schema import LLAVA_IMAGE_TOKEN, OutputFormat, check_output_format, record, text_part
 
@@ -199,15 +199,17 @@ def convert_instruction_file(
 
     def transform(
         columns: dict[str, list[Any]], positions: list[int], locations: list[str], rejects: list[dict[str, Any]]
-    ) -> Any:
-        return _records(
-            columns["row"],
-            positions,
-            locations,
-            output_format=output_format,
-            id_column="id",
-            skip_bad=skip_bad,
-            rejects=rejects,
+    ) -> Iterator[str]:
+        return dump_columns(
+            _records(
+                columns["row"],
+                positions,
+                locations,
+                output_format=output_format,
+                id_column="id",
+                skip_bad=skip_bad,
+                rejects=rejects,
+            )
         )
 
     return convert_stream(

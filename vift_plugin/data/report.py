@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -11,9 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vift_plugin.data.files import RecordWriter, RowError, atomic_output, dump_columns
+from vift_plugin.data.files import RecordWriter, RowError, atomic_output
 
-Transform = Callable[[dict[str, list[Any]], list[int], list[str], list[dict[str, Any]]], dict[str, list[Any]]]
+Transform = Callable[[dict[str, list[Any]], list[int], list[str], list[dict[str, Any]]], Iterable[str]]
 
 
 @dataclass
@@ -71,6 +72,32 @@ def convert_stream(
     report = ConversionReport(source=source, output=os.fspath(output))
     rejects: list[dict[str, Any]] = []
     start = time.perf_counter()
+    collecting = gc.isenabled()
+    gc.disable()  # rows are freed by reference counting; full collections would rescan torch's objects
+    try:
+        _run(rows, transform, columns, output, skip_bad, chunk_size, report, rejects)
+    finally:
+        if collecting:
+            gc.enable()
+    report.seconds = time.perf_counter() - start
+    report.skipped = Counter(_reason_kind(r["reason"]) for r in rejects)
+    if rejects_path is not None and rejects:
+        with atomic_output(rejects_path) as handle:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
+        report.rejects_path = os.fspath(rejects_path)
+    return report
+
+
+def _run(
+    rows: Iterable[tuple[str, Any]],
+    transform: Transform,
+    columns: tuple[str, ...],
+    output: str | os.PathLike[str],
+    skip_bad: bool,
+    chunk_size: int,
+    report: ConversionReport,
+    rejects: list[dict[str, Any]],
+) -> None:
     with RecordWriter(output) as writer:
         chunk: dict[str, list[Any]] = {name: [] for name in columns}
         locations: list[str] = []
@@ -79,7 +106,7 @@ def convert_stream(
         def flush() -> None:
             if not locations:
                 return
-            writer.write(dump_columns(transform(chunk, positions, locations, rejects)))
+            writer.write(transform(chunk, positions, locations, rejects))
             for values in chunk.values():
                 values.clear()
             locations.clear()
@@ -100,10 +127,3 @@ def convert_stream(
                 flush()
         flush()
         report.written = writer.count
-    report.seconds = time.perf_counter() - start
-    report.skipped = Counter(_reason_kind(r["reason"]) for r in rejects)
-    if rejects_path is not None and rejects:
-        with atomic_output(rejects_path) as handle:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
-        report.rejects_path = os.fspath(rejects_path)
-    return report

@@ -48,6 +48,24 @@ def messages_to_llava(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     return turns
 
 
+def llava_to_messages(conversations: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The inverse of :func:`messages_to_llava`: ``<image>`` markers become image parts, in place."""
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    messages = []
+    for turn in conversations:
+        if turn.get("from") not in roles:
+            raise ValueError(f"unsupported speaker {turn.get('from')!r} in conversations")
+        content: list[dict[str, Any]] = []
+        for k, piece in enumerate(str(turn.get("value", "")).split(LLAVA_IMAGE_TOKEN)):
+            if k:
+                content.append(image_part())
+            piece = piece.strip("\n") if k or LLAVA_IMAGE_TOKEN in turn["value"] else piece
+            if piece:
+                content.append(text_part(piece))
+        messages.append({"role": roles[turn["from"]], "content": content})
+    return messages
+
+
 def record(
     row_id: str, messages: list[dict[str, Any]], images: list[Any], output_format: OutputFormat
 ) -> dict[str, Any]:
