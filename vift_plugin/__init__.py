@@ -1,10 +1,31 @@
-"""ViFT for Hugging Face vision-language models: caption + text-only training, ability-fused inference."""
+"""ViFT for Hugging Face vision-language models: caption + text-only training, ability-fused inference.
 
+Names are imported on first use, so ``vift --help`` and the data converters start without torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vift_plugin._lazy import lazy_attributes
 from vift_plugin._version import __version__
-from vift_plugin.config import FusionConfig
-from vift_plugin.fusion import FusionGenerationMixin, disable_vift, enable_vift, fusion_config, vift_fusion
-from vift_plugin.layers import find_decoder_layers
-from vift_plugin.processors import load_processor
+
+if TYPE_CHECKING:
+    from vift_plugin.config import FusionConfig
+    from vift_plugin.fusion import FusionGenerationMixin, disable_vift, enable_vift, fusion_config, vift_fusion
+    from vift_plugin.layers import find_decoder_layers
+    from vift_plugin.processors import load_processor
+
+_WHERE = {
+    "FusionConfig": "vift_plugin.config",
+    "FusionGenerationMixin": "vift_plugin.fusion",
+    "disable_vift": "vift_plugin.fusion",
+    "enable_vift": "vift_plugin.fusion",
+    "find_decoder_layers": "vift_plugin.layers",
+    "fusion_config": "vift_plugin.fusion",
+    "load_processor": "vift_plugin.processors",
+    "vift_fusion": "vift_plugin.fusion",
+}
 
 __all__ = [
     "FusionConfig",
@@ -17,3 +38,10 @@ __all__ = [
     "load_processor",
     "vift_fusion",
 ]
+
+
+__getattr__ = lazy_attributes(__name__, _WHERE)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

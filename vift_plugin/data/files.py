@@ -70,42 +70,54 @@ def _iter_json_array(name: str) -> Iterator[tuple[str, Any]]:
     """Elements of a top-level JSON array, decoded one at a time with bounded memory."""
     decoder = json.JSONDecoder()
     with open(name, encoding="utf-8") as handle:
-        buffer = handle.read(_CHUNK)
-        position = _skip_space(buffer, 0)
-        if position >= len(buffer) or buffer[position] != "[":
-            raise RowError(f"{name}", "expected a JSON array of records at the top level")
+        buffer, position, done = "", 0, False
+
+        def next_char() -> str:
+            """The next non-space character (not consumed), reading more as needed; "" at the end."""
+            nonlocal buffer, position, done
+            while True:
+                position = _skip_space(buffer, position)
+                if position < len(buffer) or done:
+                    return buffer[position] if position < len(buffer) else ""
+                more = handle.read(_CHUNK)
+                done = not more
+                buffer, position = buffer[position:] + more, 0
+
+        if next_char() != "[":
+            raise RowError(name, "expected a JSON array of records at the top level")
         position += 1
         index = 0
-        expect_item = True
         while True:
-            position = _skip_space(buffer, position)
-            if position >= len(buffer) - 1:
-                more = handle.read(_CHUNK)
-                if more:
-                    buffer, position = buffer[position:] + more, 0
-                    continue
-            if position >= len(buffer):
-                raise RowError(f"{name}:{index}", "the JSON array is not closed (truncated file?)")
-            char = buffer[position]
-            if char == "]":
+            char = next_char()
+            if char == "]" and index == 0:
                 return
-            if char == "," and not expect_item:
-                position += 1
-                expect_item = True
-                continue
+            if not char:
+                raise RowError(f"{name}:{index}", "the JSON array is not closed (truncated file?)")
             while True:
                 try:
                     value, end = decoder.raw_decode(buffer, position)
-                    break
+                    if end < len(buffer) or done:
+                        break
                 except json.JSONDecodeError as error:
-                    more = handle.read(_CHUNK)
-                    if not more:
+                    if done:
                         raise RowError(f"{name}:{index}", f"invalid JSON ({error.msg})") from error
-                    buffer, position = buffer[position:] + more, 0
+                more = handle.read(_CHUNK)
+                done = not more
+                buffer, position = buffer[position:] + more, 0
             yield f"{name}:{index}", value
             index += 1
-            expect_item = False
             position = end
+            char = next_char()
+            if char == "]":
+                return
+            if char != ",":
+                reason = (
+                    "the JSON array is not closed (truncated file?)"
+                    if not char
+                    else f"expected ',' or ']' after it, got {char!r}"
+                )
+                raise RowError(f"{name}:{index - 1}", reason)
+            position += 1
             if position > _CHUNK:
                 buffer, position = buffer[position:], 0
 

@@ -121,7 +121,13 @@ def capped_size(width: int, height: int, max_pixels: int | None) -> tuple[int, i
     if max_pixels is None or width * height <= max_pixels:
         return width, height
     scale = math.sqrt(max_pixels / (width * height))
-    return max(1, int(width * scale)), max(1, int(height * scale))
+    new_width, new_height = max(1, int(width * scale)), max(1, int(height * scale))
+    if new_width * new_height > max_pixels:
+        if new_height == 1:
+            new_width = max(1, max_pixels)
+        else:
+            new_height = max(1, max_pixels // new_width)
+    return new_width, new_height
 
 
 def load_image(
@@ -160,7 +166,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
         array = np.asarray(img, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else array * 0
+        if high > low:
+            scaled = (array - low) * (255.0 / (high - low))
+        else:
+            full_scale = 65535.0 if img.mode.startswith("I;16") else max(high, 1.0)
+            scaled = np.full_like(array, 255.0 * min(max(high, 0.0) / full_scale, 1.0))
         return Image.fromarray(scaled.astype("uint8"), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")

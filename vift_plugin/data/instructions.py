@@ -93,6 +93,9 @@ def instruction_turns(row: Any) -> list[tuple[str, str]]:
         raise ValueError("the row has an image; text instructions must be text-only")
     if turns and turns[0][0] == "system" and not turns[0][1].strip():
         turns = turns[1:]
+    for role, text in turns[:1]:
+        if role == "system" and any(marker in text for marker in IMAGE_MARKERS):
+            raise ValueError("the system prompt contains an image placeholder; text instructions must be text-only")
     dialogue = turns[1:] if turns and turns[0][0] == "system" else turns
     if not dialogue:
         raise ValueError("no turns")
