@@ -32,12 +32,11 @@ class RowError(ValueError):
 
 def file_kind(path: str | os.PathLike[str]) -> str:
     """``json``, ``jsonl``, ``csv``, ``tsv`` or ``parquet``, from the file name."""
-    suffixes = [s.lower() for s in Path(path).suffixes]
-    for suffix in reversed(suffixes):
-        kind = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(suffix)
-        kind = kind or {".parquet": "parquet", ".pq": "parquet"}.get(suffix)
-        if kind:
-            return kind
+    suffix = Path(path).suffix.lower()
+    kind = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(suffix)
+    kind = kind or {".parquet": "parquet", ".pq": "parquet"}.get(suffix)
+    if kind:
+        return kind
     raise ValueError(f"Cannot tell the format of {path} from its name; expected .json, .jsonl, .csv, .tsv or .parquet.")
 
 
@@ -90,6 +89,8 @@ def _iter_json_array(name: str) -> Iterator[tuple[str, Any]]:
         while True:
             char = next_char()
             if char == "]" and index == 0:
+                position += 1
+                _expect_end(name, next_char())
                 return
             if not char:
                 raise RowError(f"{name}:{index}", "the JSON array is not closed (truncated file?)")
@@ -109,6 +110,8 @@ def _iter_json_array(name: str) -> Iterator[tuple[str, Any]]:
             position = end
             char = next_char()
             if char == "]":
+                position += 1
+                _expect_end(name, next_char())
                 return
             if char != ",":
                 reason = (
@@ -120,6 +123,11 @@ def _iter_json_array(name: str) -> Iterator[tuple[str, Any]]:
             position += 1
             if position > _CHUNK:
                 buffer, position = buffer[position:], 0
+
+
+def _expect_end(name: str, char: str) -> None:
+    if char:
+        raise RowError(name, f"unexpected data after the JSON array (starting with {char!r})")
 
 
 def _skip_space(text: str, position: int) -> int:
