@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,13 @@ def test_fused_generate_example(checkpoint_dir: Any, family: str) -> None:
 def test_fusion_benchmark_runs_and_prints_ratios() -> None:
     stdout = run_script("benchmarks/bench_fusion.py", "--repeats", "1", "--new-tokens", "4")
     assert "ratios: live" in stdout and "official" in stdout
+
+
+def test_data_benchmark_runs_and_prints_figures() -> None:
+    stdout = run_script(
+        "benchmarks/bench_data.py", "--rows", "2000", "--captions", "6000", "--texts", "1000", "--batch-size", "4"
+    )
+    assert "captions/s" in stdout and "ModalityGroupedSampler" in stdout and "LLaVA-style" in stdout
+    default = re.search(r"ModalityGroupedSampler window=\d+ \(default\)\s+[\d,]+\s+([\d.]+)%\s+(\d+)/", stdout)
+    assert default is not None, stdout
+    assert float(default.group(1)) <= 5.0 and default.group(2) == "0", "<= 5% padding, no mixed step"
