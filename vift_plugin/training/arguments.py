@@ -1,0 +1,144 @@
+"""Argument dataclasses for ViFT training: the model to load, the data, and ``ViFTTrainingArguments``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+LORA_LAYER_CHOICES = "'all', 'intermediate' (the middle half of the decoder layers) or 'START-END' (0-based, inclusive)"
+
+
+@dataclass
+class ModelArguments:
+    """Which checkpoint to fine-tune and how to load it."""
+
+    model_name_or_path: str = field(metadata={"help": "Checkpoint path or hub id (a LoRA output continues from it)."})
+    load_in_bits: int | None = field(
+        default=None, metadata={"help": "4 or 8: quantise the language model with bitsandbytes (QLoRA)."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa or flash_attention_2."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoint code (off by default)."})
+
+    def __post_init__(self) -> None:
+        if self.load_in_bits not in (None, 4, 8):
+            raise ValueError(f"load_in_bits must be 4, 8 or unset, got {self.load_in_bits}.")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}.")
+
+
+@dataclass
+class DataArguments:
+    """Training records: converted caption and text files, or a mixed dataset (``vift convert``)."""
+
+    caption_files: list[str] | None = field(
+        default=None, metadata={"help": "Caption records (.jsonl/.json from `vift convert captions`)."}
+    )
+    text_files: list[str] | None = field(
+        default=None, metadata={"help": "Text-instruction records (.jsonl/.json from `vift convert text`)."}
+    )
+    dataset_dir: str | None = field(
+        default=None, metadata={"help": "A mixed dataset folder from `vift convert mix` (instead of the files)."}
+    )
+    caption_ratio: float = field(default=1.0, metadata={"help": "Resample the captions to this many times."})
+    text_ratio: float = field(
+        default=1.0, metadata={"help": "Resample the text records to this many times their size."}
+    )
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N records of each source."})
+
+    def __post_init__(self) -> None:
+        if not (self.caption_files or self.text_files or self.dataset_dir):
+            raise ValueError("Give caption_files and/or text_files, or dataset_dir.")
+        if self.dataset_dir and (self.caption_files or self.text_files):
+            raise ValueError("Give either dataset_dir or caption_files/text_files, not both.")
+
+
+@dataclass
+class ViFTTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus ViFT's sampling, per-role learning rates and freezing, LoRA and fusion."""
+
+    vision_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the vision encoder (paper 1e-5); default learning_rate."}
+    )
+    connector_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the connector/projector (paper 2e-6); default learning_rate."}
+    )
+    language_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the language model (paper 1e-5); default learning_rate."}
+    )
+    freeze_vision: bool = field(default=False, metadata={"help": "Keep the vision encoder frozen."})
+    freeze_connector: bool = field(default=False, metadata={"help": "Keep the connector frozen."})
+    freeze_language: bool = field(default=False, metadata={"help": "Keep the language model frozen (no LoRA on it)."})
+    group_by_modality: bool = field(
+        default=True, metadata={"help": "Single-modality optimizer steps (ModalityGroupedSampler)."}
+    )
+    modality_column: str = field(default="modality", metadata={"help": "Dataset column with 'image'/'text'."})
+    remainder: str = field(
+        default="drop", metadata={"help": "Leftovers that do not fill a step: 'drop' (counted) or 'fill'."}
+    )
+    length_window: int | None = field(
+        default=64, metadata={"help": "Steps per length-sorting window of the sampler; None sorts each modality."}
+    )
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target: str = field(
+        default="language",
+        metadata={"help": "Roles whose linear layers get LoRA: 'language', 'language,vision', 'vision'."},
+    )
+    lora_layers: str = field(default="all", metadata={"help": f"Language layers adapted: {LORA_LAYER_CHOICES}."})
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "Downscale images to at most this many pixels (image tokens dominate memory)."}
+    )
+    image_root: str | None = field(default=None, metadata={"help": "Folder that image paths resolve under."})
+    fusion_alpha: float = field(default=1.0, metadata={"help": "Saved FusionConfig alpha (weight of h(v, q))."})
+    fusion_beta: float = field(default=0.1, metadata={"help": "Saved FusionConfig beta (weight of h(q))."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep the record columns: the collator needs messages and images."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.remainder not in ("drop", "fill"):
+            raise ValueError(f"remainder must be 'drop' or 'fill', got {self.remainder!r}.")
+        unknown = set(self.lora_roles) - {"vision", "connector", "language"}
+        if unknown:
+            raise ValueError(f"lora_target names unknown roles {sorted(unknown)}; use language, vision, connector.")
+        for name in ("vision_lr", "connector_lr", "language_lr"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
+        parse_layer_range(self.lora_layers, 8)
+        if self.freeze_vision and self.freeze_connector and self.freeze_language and not self.use_lora:
+            raise ValueError("Every role is frozen and LoRA is off: nothing would train.")
+
+    @property
+    def lora_roles(self) -> list[str]:
+        return [role.strip() for role in self.lora_target.split(",") if role.strip()]
+
+    def role_learning_rates(self) -> dict[str, float]:
+        return {
+            "vision": self.learning_rate if self.vision_lr is None else self.vision_lr,
+            "connector": self.learning_rate if self.connector_lr is None else self.connector_lr,
+            "language": self.learning_rate if self.language_lr is None else self.language_lr,
+        }
+
+    def frozen_roles(self) -> list[str]:
+        return [role for role in ("vision", "connector", "language") if getattr(self, f"freeze_{role}")]
+
+
+def parse_layer_range(spec: str, num_layers: int) -> list[int]:
+    """Layer indices named by ``spec`` ('all', 'intermediate', 'START-END') out of ``num_layers``."""
+    if spec == "all":
+        return list(range(num_layers))
+    if spec == "intermediate":
+        return list(range(num_layers // 4, num_layers - num_layers // 4))
+    start, sep, end = spec.partition("-")
+    if not sep or not start.strip().isdigit() or not end.strip().isdigit():
+        raise ValueError(f"lora_layers must be {LORA_LAYER_CHOICES}, got {spec!r}.")
+    first, last = int(start), int(end)
+    if first > last:
+        raise ValueError(f"lora_layers {spec!r}: START must not exceed END.")
+    return [i for i in range(first, last + 1) if i < num_layers]

@@ -1,0 +1,232 @@
+"""Loading a model for ViFT training: quantisation, role freezing, LoRA, and reloading a saved run.
+
+A saved run is a folder with either full weights or a LoRA adapter (``adapter_config.json``), plus
+``vift_trainable_weights.safetensors`` (the non-LoRA parameters that trained, e.g. the connector),
+the processor and ``vift_fusion_config.json``. :func:`load_vift` turns it back into a model ready
+for fused generation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vift_plugin.layers import find_decoder_layers, unwrap_model
+from vift_plugin.training.arguments import ModelArguments, ViFTTrainingArguments, parse_layer_range
+from vift_plugin.training.roles import module_names_by_role, parameter_role, set_trainable
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE_WEIGHTS_NAME = "vift_trainable_weights.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+
+def _dtype(name: str) -> Any:
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def _skip_modules(model_path: str) -> list[str]:
+    """Module names kept out of quantisation: the connector, the vision encoder and the output head."""
+    return ["multi_modal_projector", "mm_projector", "connector", "merger", "visual", "vision_tower", "lm_head"]
+
+
+def load_model_and_processor(model_args: ModelArguments, args: ViFTTrainingArguments) -> tuple[Any, Any]:
+    """Load ``model_args.model_name_or_path`` (or a saved LoRA run) and prepare it with :func:`prepare_model`."""
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+    from vift_plugin.processors import load_processor
+
+    path = model_args.model_name_or_path
+    kwargs: dict[str, Any] = {"dtype": _dtype(model_args.dtype), "trust_remote_code": model_args.trust_remote_code}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.load_in_bits:
+        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=model_args.load_in_bits == 4,
+            load_in_8bit=model_args.load_in_bits == 8,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=_skip_modules(path),
+        )
+    adapter = Path(path, ADAPTER_CONFIG_NAME)
+    if adapter.is_file():
+        base = json.loads(adapter.read_text())["base_model_name_or_path"]
+        model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
+        model = _continue_from_run(model, path, merge=not model_args.load_in_bits)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    processor = load_processor(path)
+    apply_max_pixels(processor, args.max_pixels)
+    return prepare_model(model, args, quantized=bool(model_args.load_in_bits)), processor
+
+
+def _continue_from_run(model: Any, path: str, merge: bool) -> Any:
+    """A base model with a saved run's adapter and trainable weights: merged in, or kept as the adapter."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, path, is_trainable=not merge)
+    load_trainable_weights(peft_model, path)
+    if merge:
+        return peft_model.merge_and_unload()
+    return peft_model
+
+
+def apply_max_pixels(processor: Any, max_pixels: int | None) -> None:
+    """Cap the image processor's resize target too, so inference sees what training saw."""
+    if max_pixels is None:
+        return
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return
+    if hasattr(image_processor, "max_pixels"):
+        image_processor.max_pixels = max_pixels
+    size = getattr(image_processor, "size", None)
+    if isinstance(size, dict) and "longest_edge" in size and "shortest_edge" in size:
+        size["longest_edge"] = max_pixels
+
+
+def lora_target_modules(model: nn.Module, args: ViFTTrainingArguments) -> list[str]:
+    """Full names of the linear layers LoRA adapts: the roles in ``lora_target``, never the output head,
+    and for the language model only the decoder layers that ``lora_layers`` selects."""
+    targets: list[str] = []
+    for role in args.lora_roles:
+        names = [n for n in module_names_by_role(model, role) if not n.endswith("lm_head")]  # type: ignore[arg-type]
+        if role == "language":
+            layers = find_decoder_layers(model)
+            keep = set(parse_layer_range(args.lora_layers, len(layers)))
+            prefixes = {name for name, module in model.named_modules() if any(module is layers[i] for i in keep)}
+            names = [n for n in names if any(n.startswith(p + ".") for p in prefixes)]
+        targets += names
+    if not targets:
+        raise ValueError(f"lora_target={args.lora_target!r} with lora_layers={args.lora_layers!r} selects no layer.")
+    return targets
+
+
+def prepare_model(model: Any, args: ViFTTrainingArguments, quantized: bool = False) -> Any:
+    """Freeze roles, prepare k-bit training, add LoRA; the trainable set is what the arguments say.
+
+    With LoRA the adapted roles train through their adapters only; the other unfrozen roles (e.g.
+    the connector) train in full and are saved as ``vift_trainable_weights.safetensors``.
+    """
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    full_roles = set(args.frozen_roles()) | (set(args.lora_roles) if args.use_lora else set())
+    if args.use_lora:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if isinstance(model, PeftModel):
+            peft_model = model
+        else:
+            config = LoraConfig(
+                r=args.lora_r,
+                lora_alpha=args.lora_alpha,
+                lora_dropout=args.lora_dropout,
+                target_modules=lora_target_modules(model, args),
+                task_type="CAUSAL_LM",
+            )
+            peft_model = get_peft_model(model, config)
+        set_trainable(peft_model, full_roles)
+        for name, parameter in peft_model.named_parameters():
+            if "lora_" in name:
+                parameter.requires_grad_(True)
+        model = peft_model
+    else:
+        set_trainable(model, full_roles)
+    if quantized:
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and not parameter.is_floating_point():
+                raise ValueError(f"{name} is quantised and cannot train; freeze its role or use LoRA on it.")
+    if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return model
+
+
+def trainable_weights(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The trainable parameters that are not LoRA weights, by their base-model names."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+    source = state_dict if state_dict is not None else dict(model.named_parameters())
+    return {_base_name(n): t.detach().cpu().contiguous() for n, t in source.items() if n in names}
+
+
+def _base_name(name: str) -> str:
+    for prefix in ("base_model.model.", "module."):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name.replace(".modules_to_save.default", "").replace(".base_layer", "")
+
+
+def save_trainable_weights(model: nn.Module, output_dir: str, state_dict: dict[str, torch.Tensor] | None) -> None:
+    from safetensors.torch import save_file
+
+    weights = trainable_weights(model, state_dict)
+    if weights:
+        save_file(weights, os.path.join(output_dir, TRAINABLE_WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def load_trainable_weights(model: nn.Module, path: str | os.PathLike[str]) -> int:
+    """Copy a run's non-LoRA trained weights into ``model`` (plain or PEFT); returns how many tensors."""
+    from safetensors.torch import load_file
+
+    file = Path(path, TRAINABLE_WEIGHTS_NAME)
+    if not file.is_file():
+        return 0
+    weights = load_file(file)
+    params = {_base_name(n): p for n, p in model.named_parameters()}
+    missing = sorted(set(weights) - set(params))
+    if missing:
+        raise ValueError(f"{file} holds weights the model does not have: {missing[:5]}")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+    return len(weights)
+
+
+def load_vift(path: str | os.PathLike[str], **kwargs: Any) -> tuple[Any, Any]:
+    """``(model, processor)`` of a saved ViFT run, LoRA merged, fused inference enabled from its config.
+
+    ``model.generate(**processor.apply_chat_template(...))`` then runs fused; extra ``kwargs`` go to
+    ``from_pretrained`` (e.g. ``dtype``, ``device_map``).
+    """
+    from transformers import AutoModelForImageTextToText
+
+    from vift_plugin.config import FUSION_CONFIG_NAME, FusionConfig
+    from vift_plugin.fusion import enable_vift
+    from vift_plugin.processors import load_processor
+
+    folder = os.fspath(path)
+    adapter = Path(folder, ADAPTER_CONFIG_NAME)
+    if adapter.is_file():
+        base = json.loads(adapter.read_text())["base_model_name_or_path"]
+        model = _continue_from_run(AutoModelForImageTextToText.from_pretrained(base, **kwargs), folder, merge=True)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
+        load_trainable_weights(model, folder)
+    processor = load_processor(folder)
+    model.eval()
+    config_file = Path(folder, FUSION_CONFIG_NAME)
+    config = FusionConfig.from_pretrained(config_file) if config_file.is_file() else FusionConfig()
+    enable_vift(model, config, processor=processor)
+    return model, processor
+
+
+def describe_trainable(model: nn.Module) -> str:
+    """``vision 0 / 21,536 | connector 6,272 / 6,272 | language 12,288 / 181,440 (LoRA)``."""
+    base = unwrap_model(model)
+    model_type = str(getattr(getattr(base, "config", None), "model_type", ""))
+    totals: dict[str, list[int]] = {"vision": [0, 0], "connector": [0, 0], "language": [0, 0]}
+    for name, parameter in model.named_parameters():
+        entry = totals[parameter_role(name, model_type)]
+        entry[1] += parameter.numel()
+        if parameter.requires_grad:
+            entry[0] += parameter.numel()
+    return " | ".join(f"{role} {t:,} / {n:,} trainable" for role, (t, n) in totals.items())

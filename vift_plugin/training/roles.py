@@ -1,0 +1,95 @@
+"""Module roles of a vision-language model: vision encoder, connector (projector), language model.
+
+ViFT trains the three with different learning rates (paper: 1e-5, 2e-6, 1e-5) and recipes freeze
+them separately, so every parameter gets a role from its name. The generic rule covers the Hugging
+Face families (``vision_tower``/``visual``/``vision_model`` are the encoder; ``multi_modal_projector``/
+``connector``/``mm_projector`` the connector; the rest the language model); a per-``model_type`` table
+refines layouts where the connector lives inside the vision module (Qwen2-VL's ``visual.merger``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from torch import nn
+
+Role = Literal["vision", "connector", "language"]
+ROLES: tuple[Role, ...] = ("vision", "connector", "language")
+
+GENERIC_PATTERNS: dict[str, tuple[str, ...]] = {
+    "connector": ("multi_modal_projector", "mm_projector", "connector", "image_newline", "mlp1", "merger"),
+    "vision": ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder", "vpm"),
+}
+MODEL_TYPE_PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "qwen2_vl": {"connector": ("visual.merger",), "vision": ("visual",)},
+    "qwen2_5_vl": {"connector": ("visual.merger",), "vision": ("visual",)},
+    "qwen3_vl": {"connector": ("visual.merger", "visual.deepstack_merger_list"), "vision": ("visual",)},
+    "llava_next": {"connector": ("multi_modal_projector", "image_newline"), "vision": ("vision_tower",)},
+}
+
+
+def _model_type(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "model_type", ""))
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return f".{pattern}." in f".{name}."
+
+
+def parameter_role(name: str, model_type: str = "") -> Role:
+    """The role of the parameter (or module) called ``name`` in a model of ``model_type``."""
+    patterns = MODEL_TYPE_PATTERNS.get(model_type, GENERIC_PATTERNS)
+    role: Role
+    for role in ("connector", "vision"):
+        if any(_matches(name, pattern) for pattern in patterns[role]):
+            return role
+    return "language"
+
+
+def parameters_by_role(model: nn.Module) -> dict[Role, list[tuple[str, nn.Parameter]]]:
+    """``{role: [(name, parameter), ...]}`` over ``model.named_parameters()`` (PEFT-wrapped too)."""
+    model_type = _model_type(_base(model))
+    groups: dict[Role, list[tuple[str, nn.Parameter]]] = {role: [] for role in ROLES}
+    for name, parameter in model.named_parameters():
+        groups[parameter_role(name, model_type)].append((name, parameter))
+    return groups
+
+
+def check_roles(model: nn.Module) -> dict[Role, int]:
+    """Parameter counts per role; an error naming the model class when vision or connector is empty."""
+    counts = {role: sum(p.numel() for _, p in params) for role, params in parameters_by_role(model).items()}
+    missing = [role for role in ("vision", "connector") if counts[role] == 0]
+    if missing:
+        base = _base(model)
+        raise ValueError(
+            f"Found no {' or '.join(missing)} parameters in {type(base).__name__} "
+            f"(model_type {_model_type(base)!r}). Add its module names to "
+            "vift_plugin.training.roles.MODEL_TYPE_PATTERNS[model_type] = {'vision': (...), 'connector': (...)}."
+        )
+    return counts
+
+
+def set_trainable(model: nn.Module, frozen: Iterable[str]) -> None:
+    """Freeze the parameters of the ``frozen`` roles and unfreeze the others."""
+    frozen = set(frozen)
+    for role, params in parameters_by_role(model).items():
+        for _, parameter in params:
+            parameter.requires_grad_(role not in frozen)
+
+
+def module_names_by_role(model: nn.Module, role: Role, kind: type[nn.Module] = nn.Linear) -> list[str]:
+    """Names of the ``kind`` modules (default ``nn.Linear``) of ``role``, e.g. LoRA targets."""
+    model_type = _model_type(_base(model))
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, kind) and name and parameter_role(name, model_type) == role
+    ]
+
+
+def _base(model: Any) -> Any:
+    from vift_plugin.layers import unwrap_model
+
+    return unwrap_model(model)

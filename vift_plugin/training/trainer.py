@@ -1,0 +1,119 @@
+"""``ViFTTrainer``: a transformers ``Trainer`` with modality-grouped steps, per-role learning rates,
+per-modality loss logging, and saves that reload into fused inference."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from vift_plugin.config import FusionConfig
+from vift_plugin.data.sampler import ModalityGroupedSampler
+from vift_plugin.training.arguments import ViFTTrainingArguments
+from vift_plugin.training.model import save_trainable_weights
+from vift_plugin.training.roles import parameters_by_role
+
+IMAGE_INPUT_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "image_sizes", "pixel_attention_mask")
+
+
+def batch_modality(inputs: dict[str, Any]) -> str:
+    """``image`` when the batch carries image tensors, else ``text``."""
+    return "image" if any(inputs.get(key) is not None for key in IMAGE_INPUT_KEYS) else "text"
+
+
+class ViFTTrainer(Trainer):
+    """``Trainer`` for ViFT. Use with :class:`ViFTTrainingArguments` and a dataset that has a
+    ``modality`` column (and ``length``, for length grouping), e.g. from ``mix_datasets``.
+
+    - ``_get_train_sampler`` returns a :class:`ModalityGroupedSampler` sized by the trainer's
+      per-device batch, world size and gradient accumulation, seeded by ``data_seed``/``seed``;
+    - the optimizer has one parameter group per role (and decay/no-decay), at ``vision_lr``,
+      ``connector_lr`` and ``language_lr``;
+    - logs carry ``loss_image`` and ``loss_text``: the training loss per optimizer step of each
+      modality since the previous log, on the scale of ``loss`` (every step is single-modality, so
+      this is the caption loss vs the text-instruction loss; local to the logging rank);
+    - saves add the processor, the non-LoRA trainable weights and a ``FusionConfig``.
+    """
+
+    args: ViFTTrainingArguments
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, ViFTTrainingArguments):
+            raise TypeError(f"ViFTTrainer needs ViFTTrainingArguments, got {type(self.args).__name__}.")
+        self._modality_losses: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset: Any = self.train_dataset if train_dataset is None else train_dataset
+        columns = getattr(dataset, "column_names", None) or []
+        if not self.args.group_by_modality:
+            return super()._get_train_sampler(train_dataset)
+        if self.args.modality_column not in columns:
+            raise ValueError(
+                f"group_by_modality needs a {self.args.modality_column!r} column in the training dataset "
+                f"(columns: {columns}); build it with vift_plugin.data.mix_datasets or set group_by_modality=False."
+            )
+        length_column = self.args.length_column_name
+        return ModalityGroupedSampler(
+            dataset[self.args.modality_column],
+            dataset[length_column] if length_column in columns else None,
+            batch_size=self._train_batch_size,
+            world_size=self.args.world_size,
+            gradient_accumulation_steps=self.args.gradient_accumulation_steps,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            remainder=self.args.remainder,  # type: ignore[arg-type]
+            length_window=self.args.length_window,
+        )
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        opt_model: Any = self.model if model is None else model
+        if self.optimizer is None:
+            decay = set(self.get_decay_parameter_names(opt_model))
+            rates = self.args.role_learning_rates()
+            groups = []
+            for role, named in parameters_by_role(opt_model).items():
+                for decayed in (True, False):
+                    params = [p for n, p in named if p.requires_grad and (n in decay) == decayed]
+                    if params:
+                        groups.append(
+                            {
+                                "params": params,
+                                "lr": rates[role],
+                                "weight_decay": self.args.weight_decay if decayed else 0.0,
+                                "role": role,
+                            }
+                        )
+            if not groups:
+                raise ValueError("No trainable parameters: check the freeze_* and LoRA settings.")
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        modality = batch_modality(inputs)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._modality_losses[modality].append(loss.detach())
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            steps = self.args.gradient_accumulation_steps
+            for modality, losses in sorted(self._modality_losses.items()):
+                if losses:
+                    logs[f"loss_{modality}"] = round(float(torch.stack(losses).sum()) * steps / len(losses), 6)
+            self._modality_losses.clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        folder = str(output_dir if output_dir is not None else self.args.output_dir)
+        from peft import PeftModel
+
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, PeftModel):
+            save_trainable_weights(model, folder, state_dict)
+        FusionConfig(alpha=self.args.fusion_alpha, beta=self.args.fusion_beta).save_pretrained(folder)
