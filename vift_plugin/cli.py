@@ -25,6 +25,25 @@ def _cmd_families(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vift_plugin.training.run import argument_parser, load_config, parse_stage, plan_stages, train_stage
+
+    if args.help_options:
+        argument_parser().print_help()
+        return 0
+    if not args.config:
+        print("vift train: give a CONFIG.yaml (see examples/configs/)", file=sys.stderr)
+        return 2
+    stages = plan_stages(load_config(args.config), args.flags, args.stage)
+    parsed = [(name, parse_stage(argv)) for name, argv in stages]
+    for name, (model_args, data_args, training_args) in parsed:
+        print(f"== stage {name}: {model_args.model_name_or_path} -> {training_args.output_dir}")
+        if args.dry_run:
+            continue
+        train_stage(model_args, data_args, training_args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vift",
@@ -46,12 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
     from vift_plugin.data.commands import add_convert_parser
 
     add_convert_parser(sub)
+
+    train = sub.add_parser(
+        "train",
+        help="fine-tune with ViFT (one run or the two stages of a YAML config)",
+        description="Train from CONFIG.yaml; any option of `vift train --help-options` may follow as a flag "
+        "(e.g. --max_steps 10) and overrides every stage.",
+    )
+    train.add_argument("config", nargs="?", help="YAML file of training arguments (see examples/configs/)")
+    train.add_argument("--stage", help="run only this stage (its name or 1-based number)")
+    train.add_argument("--dry-run", action="store_true", help="parse and print the stages without training")
+    train.add_argument("--help-options", action="store_true", help="list every training option")
+    train.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.flags = extra
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0

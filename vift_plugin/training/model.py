@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,13 @@ from torch import nn
 
 from vift_plugin.layers import find_decoder_layers, unwrap_model
 from vift_plugin.training.arguments import ModelArguments, ViFTTrainingArguments, parse_layer_range
-from vift_plugin.training.roles import module_names_by_role, parameter_role, set_trainable
+from vift_plugin.training.roles import (
+    GENERIC_PATTERNS,
+    MODEL_TYPE_PATTERNS,
+    module_names_by_role,
+    parameter_role,
+    set_trainable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +38,22 @@ def _dtype(name: str) -> Any:
     return "auto" if name == "auto" else getattr(torch, name)
 
 
-def _skip_modules(model_path: str) -> list[str]:
-    """Module names kept out of quantisation: the connector, the vision encoder and the output head."""
-    return ["multi_modal_projector", "mm_projector", "connector", "merger", "visual", "vision_tower", "lm_head"]
+def unquantised_modules(model_type: str) -> list[str]:
+    """Patterns (transformers' ``llm_int8_skip_modules`` syntax) for the vision encoder, the connector
+    and the output head: QLoRA quantises only the language model, whose weights are the bulk."""
+    patterns = MODEL_TYPE_PATTERNS.get(model_type, GENERIC_PATTERNS)
+    names = {*patterns["vision"], *patterns["connector"], "lm_head"}
+    return sorted(rf"(?:.*\.)?{re.escape(name)}" for name in names)
+
+
+def _config_model_type(path: str, model_args: ModelArguments) -> str:
+    from transformers import AutoConfig
+
+    adapter = Path(path, ADAPTER_CONFIG_NAME)
+    if adapter.is_file():
+        path = json.loads(adapter.read_text())["base_model_name_or_path"]
+    config = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
+    return str(config.model_type)
 
 
 def load_model_and_processor(model_args: ModelArguments, args: ViFTTrainingArguments) -> tuple[Any, Any]:
@@ -54,7 +74,7 @@ def load_model_and_processor(model_args: ModelArguments, args: ViFTTrainingArgum
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
-            llm_int8_skip_modules=_skip_modules(path),
+            llm_int8_skip_modules=unquantised_modules(_config_model_type(path, model_args)),
         )
     adapter = Path(path, ADAPTER_CONFIG_NAME)
     if adapter.is_file():
