@@ -17,64 +17,10 @@ import time
 from typing import Any
 
 import torch
-import transformers
 from PIL import Image
+from qwen2vl_shapes import SIZES, build  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from vift_plugin import disable_vift, enable_vift
-from vift_plugin.testing.families import FAMILIES
-
-SIZES: dict[str, dict[str, Any]] = {
-    "small": dict(
-        text=dict(
-            hidden_size=256,
-            intermediate_size=768,
-            num_hidden_layers=8,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            head_dim=32,
-        ),
-        vision=dict(depth=4, embed_dim=128, hidden_size=256, num_heads=4, mlp_ratio=2),
-        mrope=[4, 6, 6],
-    ),
-    "qwen2-vl-2b": dict(
-        text=dict(
-            hidden_size=1536,
-            intermediate_size=8960,
-            num_hidden_layers=28,
-            num_attention_heads=12,
-            num_key_value_heads=2,
-            head_dim=128,
-        ),
-        vision=dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4),
-        mrope=[16, 24, 24],
-    ),
-}
-
-
-def build(size: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    config, processor = FAMILIES["qwen2_vl"].build()
-    spec = SIZES[size]
-    text = config.text_config.to_dict()
-    text.pop("layer_types", None)
-    text.update(
-        spec["text"], rope_parameters={"rope_type": "default", "mrope_section": spec["mrope"], "rope_theta": 1e6}
-    )
-    vision = config.vision_config.to_dict()
-    vision.update(spec["vision"])
-    config = transformers.Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=config.image_token_id,
-        video_token_id=config.video_token_id,
-        vision_start_token_id=config.vision_start_token_id,
-        vision_end_token_id=config.vision_end_token_id,
-    )
-    processor.image_processor.max_pixels = processor.image_processor.min_pixels = 448 * 448
-    processor.image_processor.size = {"shortest_edge": 448 * 448, "longest_edge": 448 * 448}
-    torch.manual_seed(0)
-    model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype).to(device).eval()
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    return model, processor
 
 
 def main() -> None:

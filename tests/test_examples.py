@@ -43,3 +43,10 @@ def test_data_benchmark_runs_and_prints_figures() -> None:
     default = re.search(r"ModalityGroupedSampler window=\d+ \(default\)\s+[\d,]+\s+([\d.]+)%\s+(\d+)/", stdout)
     assert default is not None, stdout
     assert float(default.group(1)) <= 5.0 and default.group(2) == "0", "<= 5% padding, no mixed step"
+
+
+def test_training_benchmark_runs_lora_and_qlora() -> None:
+    stdout = run_script("benchmarks/bench_train.py", "--size", "small", "--steps", "1", "--tokens", "400")
+    rows = [line.split() for line in stdout.splitlines() if line.startswith("small ")]
+    assert [row[1] for row in rows] == ["lora", "qlora"]
+    assert all(int(row[2]) == 400 and float(row[3]) > 0 for row in rows)

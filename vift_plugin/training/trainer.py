@@ -104,6 +104,10 @@ class ViFTTrainer(Trainer):
                 if losses:
                     logs[f"loss_{modality}"] = round(float(torch.stack(losses).sum()) * steps / len(losses), 6)
             self._modality_losses.clear()
+            if self.optimizer is not None:
+                for group in self.optimizer.param_groups:
+                    if "role" in group:
+                        logs[f"lr_{group['role']}"] = group["lr"]
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
