@@ -63,6 +63,8 @@ def load_model_and_processor(model_args: ModelArguments, args: ViFTTrainingArgum
     from vift_plugin.processors import load_processor
 
     path = model_args.model_name_or_path
+    if os.path.isdir(path):
+        path = os.path.abspath(path)  # saved adapters then name their base wherever they are loaded from
     kwargs: dict[str, Any] = {"dtype": _dtype(model_args.dtype), "trust_remote_code": model_args.trust_remote_code}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
