@@ -141,6 +141,11 @@ def prepare_model(model: Any, args: ViFTTrainingArguments, quantized: bool = Fal
     if quantized:
         from peft import prepare_model_for_kbit_training
 
+        if not args.use_lora:
+            raise ValueError(
+                "A quantised model (load_in_bits) trains through LoRA adapters: set use_lora, or load the model "
+                "unquantised (e.g. for a connector-only stage 1)."
+            )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     full_roles = set(args.frozen_roles()) | (set(args.lora_roles) if args.use_lora else set())
     if args.use_lora:
@@ -157,17 +162,18 @@ def prepare_model(model: Any, args: ViFTTrainingArguments, quantized: bool = Fal
                 task_type="CAUSAL_LM",
             )
             peft_model = get_peft_model(model, config)
-        set_trainable(peft_model, full_roles)
+        stuck = set_trainable(peft_model, full_roles)
         for name, parameter in peft_model.named_parameters():
             if "lora_" in name:
                 parameter.requires_grad_(True)
         model = peft_model
     else:
-        set_trainable(model, full_roles)
-    if quantized:
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad and not parameter.is_floating_point():
-                raise ValueError(f"{name} is quantised and cannot train; freeze its role or use LoRA on it.")
+        stuck = set_trainable(model, full_roles)
+    if stuck:
+        raise ValueError(
+            f"{stuck[0]} (and {len(stuck) - 1} more) is quantised and cannot train in full; "
+            "freeze its role or put LoRA on it (lora_target)."
+        )
     if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     return model

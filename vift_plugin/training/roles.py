@@ -71,12 +71,21 @@ def check_roles(model: nn.Module) -> dict[Role, int]:
     return counts
 
 
-def set_trainable(model: nn.Module, frozen: Iterable[str]) -> None:
-    """Freeze the parameters of the ``frozen`` roles and unfreeze the others."""
+def set_trainable(model: nn.Module, frozen: Iterable[str]) -> list[str]:
+    """Freeze the parameters of the ``frozen`` roles and unfreeze the others.
+
+    Returns the names of parameters that should train but cannot (quantised, not floating point).
+    """
     frozen = set(frozen)
+    stuck = []
     for role, params in parameters_by_role(model).items():
-        for _, parameter in params:
-            parameter.requires_grad_(role not in frozen)
+        for name, parameter in params:
+            trainable = role not in frozen
+            if trainable and not parameter.is_floating_point():
+                stuck.append(name)
+                trainable = False
+            parameter.requires_grad_(trainable)
+    return stuck
 
 
 def module_names_by_role(model: nn.Module, role: Role, kind: type[nn.Module] = nn.Linear) -> list[str]:

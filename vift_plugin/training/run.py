@@ -73,7 +73,7 @@ def argument_parser() -> Any:
     from vift_plugin.training.arguments import DataArguments, ModelArguments, ViFTTrainingArguments
 
     classes: Any = (ModelArguments, DataArguments, ViFTTrainingArguments)
-    return HfArgumentParser(classes)
+    return HfArgumentParser(classes, allow_abbrev=False)
 
 
 def parse_stage(argv: list[str]) -> tuple[Any, Any, Any]:

@@ -12,7 +12,7 @@ from transformers import Trainer
 from vift_plugin.config import FusionConfig
 from vift_plugin.data.sampler import ModalityGroupedSampler
 from vift_plugin.training.arguments import ViFTTrainingArguments
-from vift_plugin.training.model import save_trainable_weights
+from vift_plugin.training.model import load_trainable_weights, save_trainable_weights
 from vift_plugin.training.roles import parameters_by_role
 
 IMAGE_INPUT_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "image_sizes", "pixel_attention_mask")
@@ -109,6 +109,12 @@ class ViFTTrainer(Trainer):
                     if "role" in group:
                         logs[f"lr_{group['role']}"] = group["lr"]
         super().log(logs, start_time)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Also restore the non-LoRA trained weights (the connector), which the adapter does not hold."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target: Any = self.model if model is None else model
+        load_trainable_weights(target, resume_from_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
         super()._save(output_dir, state_dict)
