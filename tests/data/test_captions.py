@@ -283,3 +283,31 @@ def test_cli_convert_captions(tmp_path: Path, image_dir: Path, capsys: pytest.Ca
     assert len(read_records(Path(f"{output}.rejects.jsonl"))) == 1
     assert main(["convert", "formats"]) == 0
     assert "coco" in capsys.readouterr().out
+
+
+def test_dataset_skip_bad_writes_rejects(tmp_path: Path, image_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [
+        {"id": "ok", "image": "a.png", "caption": "fine"},
+        {"id": "empty", "image": "b.png", "caption": " "},
+        {"id": "gone", "image": "nope.png", "caption": "missing file"},
+        {"id": "escape", "image": "../x.png", "caption": "sneaky"},
+    ]
+    dataset = datasets.Dataset.from_list(rows)
+    rejects = tmp_path / "rejects.jsonl"
+    converted = convert_captions(dataset, image_root=image_dir, verify_images=True, skip_bad=True, rejects_path=rejects)
+    assert converted["id"] == ["ok"]
+    listed = read_records(rejects)
+    assert [r["location"] for r in listed] == ["row 1", "row 2", "row 3"]
+    assert listed[0]["reason"] == "empty caption"
+    assert listed[1]["reason"].startswith("image file not found")
+    assert "escapes the image root" in listed[2]["reason"]
+    with pytest.raises(RowError, match="row 1: empty caption"):
+        convert_captions(dataset, image_root=image_dir)
+    folder = tmp_path / "dataset"
+    dataset.save_to_disk(folder)
+    output = tmp_path / "converted"
+    argv = ["convert", "captions", str(folder), "-o", str(output), "--image-root", str(image_dir), "--skip-bad"]
+    assert main(argv) == 0
+    assert datasets.load_from_disk(output)["id"] == ["ok"]
+    assert len(read_records(Path(f"{output}.rejects.jsonl"))) == 3
+    assert "rejected rows are listed in" in capsys.readouterr().out

@@ -287,11 +287,14 @@ def convert_captions(
     image_root: str | os.PathLike[str] | None = None,
     verify_images: bool = False,
     skip_bad: bool = False,
+    rejects_path: str | os.PathLike[str] | None = None,
     num_proc: int | None = None,
 ) -> Any:
     """A caption ``datasets.Dataset`` in instruction format, through one batched ``map``.
 
     An ``Image`` feature column stays an ``Image`` feature (as the ``images`` list) without decoding.
+    With ``skip_bad``, bad rows are left out and counted; with ``rejects_path`` too, a first pass
+    lists them (``{"location": "row N", "reason"}``) in that JSONL file, written atomically.
     """
     from datasets import Image, List
 
@@ -306,6 +309,9 @@ def convert_captions(
         if output_format == "llava":
             raise ValueError("LLaVA's conversations format references image files; an Image feature needs 'messages'.")
         dataset = dataset.cast_column(image_column, Image(decode=False))
+    root = None if image_root is None else os.fspath(image_root)
+    if skip_bad and rejects_path is not None:
+        _write_rejects(dataset, rejects_path, image_column, caption_column, root, verify_images, num_proc)
     converted = dataset.map(
         captions_to_messages,
         batched=True,
@@ -320,7 +326,7 @@ def convert_captions(
             "image_column": image_column,
             "caption_column": caption_column,
             "id_column": id_column,
-            "image_root": None if image_root is None else os.fspath(image_root),
+            "image_root": root,
             "verify_images": verify_images,
             "skip_bad": skip_bad,
         },
@@ -331,6 +337,57 @@ def convert_captions(
     if skipped:
         logger.warning("convert_captions: skipped %d bad row(s) of %d (skip_bad=True).", skipped, len(dataset))
     return converted
+
+
+def _reasons(
+    batch: dict[str, list[Any]],
+    *,
+    image_column: str,
+    caption_column: str,
+    image_root: str | None,
+    verify_images: bool,
+) -> dict[str, list[str | None]]:
+    """Batched: why each row is bad (``None`` when it is good)."""
+    paths = ImageRoot(image_root) if image_root is not None else None
+    reasons: list[str | None] = []
+    for caption, image in zip(batch[caption_column], batch[image_column], strict=True):
+        try:
+            _check_caption(caption)
+            _check_image(image, paths, verify_images)
+            reasons.append(None)
+        except (ValueError, OSError) as error:
+            reasons.append(str(error))
+    return {"reason": reasons}
+
+
+def _write_rejects(
+    dataset: Any,
+    path: str | os.PathLike[str],
+    image_column: str,
+    caption_column: str,
+    image_root: str | None,
+    verify_images: bool,
+    num_proc: int | None,
+) -> None:
+    from vift_plugin.data.files import atomic_output
+
+    reasons = dataset.map(
+        _reasons,
+        batched=True,
+        remove_columns=dataset.column_names,
+        num_proc=num_proc,
+        desc="checking captions",
+        fn_kwargs={
+            "image_column": image_column,
+            "caption_column": caption_column,
+            "image_root": image_root,
+            "verify_images": verify_images,
+        },
+    )["reason"]
+    with atomic_output(path) as handle:
+        for index, reason in enumerate(reasons):
+            if reason is not None:
+                handle.write(json.dumps({"location": f"row {index}", "reason": reason}, ensure_ascii=False) + "\n")
 
 
 def convert_caption_file(

@@ -62,9 +62,12 @@ def _cmd_captions(args: argparse.Namespace) -> int:
             image_root=args.image_root,
             verify_images=args.verify_images,
             skip_bad=args.skip_bad,
+            rejects_path=_rejects(args),
         )
         save_dataset(converted, args.output)
         print(f"wrote {len(converted)} record(s) to {args.output}")
+        if args.skip_bad:
+            print(f"rejected rows are listed in {_rejects(args)}")
         return 0
     report = convert_caption_file(
         args.input,
