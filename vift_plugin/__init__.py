@@ -40,8 +40,4 @@ __all__ = [
 ]
 
 
-__getattr__ = lazy_attributes(__name__, _WHERE)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, __all__)

@@ -171,6 +171,11 @@ def _check_image(image: Any, paths: ImageRoot | None, verify_images: bool) -> An
     return reference
 
 
+def _check_row(caption: Any, image: Any, paths: ImageRoot | None, verify_images: bool) -> tuple[str, Any]:
+    """The cleaned ``(caption, image)`` of one row; ``ValueError``/``OSError`` saying why it is bad."""
+    return _check_caption(caption), _check_image(image, paths, verify_images)
+
+
 def _valid_rows(
     batch: dict[str, list[Any]],
     indices: Any,
@@ -195,8 +200,7 @@ def _valid_rows(
     paths = ImageRoot(image_root) if image_root is not None else None
     for i, position in enumerate(positions):
         try:
-            caption = _check_caption(captions[i])
-            image = _check_image(images[i], paths, verify_images)
+            caption, image = _check_row(captions[i], images[i], paths, verify_images)
             row_id = str(ids[i]) if ids is not None and ids[i] is not None else str(position)
         except (ValueError, OSError) as error:
             location = locations[i] if locations else f"row {position}"
@@ -352,8 +356,7 @@ def _reasons(
     reasons: list[str | None] = []
     for caption, image in zip(batch[caption_column], batch[image_column], strict=True):
         try:
-            _check_caption(caption)
-            _check_image(image, paths, verify_images)
+            _check_row(caption, image, paths, verify_images)
             reasons.append(None)
         except (ValueError, OSError) as error:
             reasons.append(str(error))

@@ -48,41 +48,27 @@ def _cmd_captions(args: argparse.Namespace) -> int:
     from vift_plugin.data.captions import convert_caption_file, convert_captions
     from vift_plugin.data.queries import QueryPool
 
-    queries = QueryPool.from_file(args.queries) if args.queries else QueryPool()
+    options: dict[str, Any] = {
+        "image_column": args.image_column,
+        "caption_column": args.caption_column,
+        "output_format": args.to,
+        "queries": QueryPool.from_file(args.queries) if args.queries else QueryPool(),
+        "seed": args.seed,
+        "image_root": args.image_root,
+        "verify_images": args.verify_images,
+        "skip_bad": args.skip_bad,
+        "rejects_path": _rejects(args),
+    }
     if args.format == "hf" or (args.format == "auto" and _is_dataset_dir(args.input)):
         from datasets import load_from_disk
 
-        converted = convert_captions(
-            load_from_disk(args.input),
-            image_column=args.image_column,
-            caption_column=args.caption_column,
-            output_format=args.to,
-            queries=queries,
-            seed=args.seed,
-            image_root=args.image_root,
-            verify_images=args.verify_images,
-            skip_bad=args.skip_bad,
-            rejects_path=_rejects(args),
-        )
+        converted = convert_captions(load_from_disk(args.input), **options)
         save_dataset(converted, args.output)
         print(f"wrote {len(converted)} record(s) to {args.output}")
         if args.skip_bad:
-            print(f"rejected rows are listed in {_rejects(args)}")
+            print(f"rejected rows are listed in {options['rejects_path']}")
         return 0
-    report = convert_caption_file(
-        args.input,
-        args.output,
-        input_format=args.format,
-        output_format=args.to,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        queries=queries,
-        seed=args.seed,
-        image_root=args.image_root,
-        verify_images=args.verify_images,
-        skip_bad=args.skip_bad,
-        rejects_path=_rejects(args),
-    )
+    report = convert_caption_file(args.input, args.output, input_format=args.format, **options)
     print(report.summary())
     return 0
 

@@ -7,7 +7,6 @@ import math
 import os
 import posixpath
 import warnings
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -179,7 +178,3 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
-
-
-def as_path(value: str | os.PathLike[str]) -> Path:
-    return Path(os.fspath(value))

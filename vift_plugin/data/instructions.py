@@ -38,10 +38,14 @@ def _text(value: Any, where: str) -> str:
     raise ValueError(f"{where} content must be text, got {type(value).__name__}")
 
 
+def _system_turn(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The row's ``system`` prompt as a first turn, when it has a non-empty one."""
+    system = row.get("system")
+    return [("system", system)] if isinstance(system, str) and system.strip() else []
+
+
 def _sharegpt(row: dict[str, Any]) -> list[tuple[str, str]]:
-    turns = []
-    if isinstance(row.get("system"), str) and row["system"].strip():
-        turns.append(("system", row["system"]))
+    turns = _system_turn(row)
     for i, turn in enumerate(row["conversations"]):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise ValueError(f"conversations[{i}] must have 'from' and 'value'")
@@ -53,9 +57,7 @@ def _sharegpt(row: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _alpaca(row: dict[str, Any]) -> list[tuple[str, str]]:
-    turns = []
-    if isinstance(row.get("system"), str) and row["system"].strip():
-        turns.append(("system", row["system"]))
+    turns = _system_turn(row)
     for i, pair in enumerate(row.get("history") or []):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise ValueError(f"history[{i}] must be a [query, answer] pair")

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from vift_plugin.layers import find_decoder_layers, unwrap_model
+from vift_plugin.layers import find_decoder_layers
 from vift_plugin.training.arguments import ModelArguments, ViFTTrainingArguments, parse_layer_range
 from vift_plugin.training.roles import (
     GENERIC_PATTERNS,
     MODEL_TYPE_PATTERNS,
     module_names_by_role,
-    parameter_role,
+    parameters_by_role,
     set_trainable,
 )
 
@@ -46,12 +46,19 @@ def unquantised_modules(model_type: str) -> list[str]:
     return sorted(rf"(?:.*\.)?{re.escape(name)}" for name in names)
 
 
+def adapter_base(path: str | os.PathLike[str]) -> str | None:
+    """The base checkpoint a saved LoRA run was trained on, or ``None`` when ``path`` holds full weights."""
+    adapter = Path(path, ADAPTER_CONFIG_NAME)
+    if not adapter.is_file():
+        return None
+    base: str = json.loads(adapter.read_text())["base_model_name_or_path"]
+    return base
+
+
 def _config_model_type(path: str, model_args: ModelArguments) -> str:
     from transformers import AutoConfig
 
-    adapter = Path(path, ADAPTER_CONFIG_NAME)
-    if adapter.is_file():
-        path = json.loads(adapter.read_text())["base_model_name_or_path"]
+    path = adapter_base(path) or path
     config = AutoConfig.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
     return str(config.model_type)
 
@@ -78,9 +85,8 @@ def load_model_and_processor(model_args: ModelArguments, args: ViFTTrainingArgum
             bnb_4bit_compute_dtype=compute,
             llm_int8_skip_modules=unquantised_modules(_config_model_type(path, model_args)),
         )
-    adapter = Path(path, ADAPTER_CONFIG_NAME)
-    if adapter.is_file():
-        base = json.loads(adapter.read_text())["base_model_name_or_path"]
+    base = adapter_base(path)
+    if base is not None:
         model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
         model = _continue_from_run(model, path, merge=not model_args.load_in_bits)
     else:
@@ -147,7 +153,7 @@ def prepare_model(model: Any, args: ViFTTrainingArguments, quantized: bool = Fal
                 "unquantised (e.g. for a connector-only stage 1)."
             )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-    full_roles = set(args.frozen_roles()) | (set(args.lora_roles) if args.use_lora else set())
+    frozen = set(args.frozen_roles()) | (set(args.lora_roles) if args.use_lora else set())
     if args.use_lora:
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -162,13 +168,13 @@ def prepare_model(model: Any, args: ViFTTrainingArguments, quantized: bool = Fal
                 task_type="CAUSAL_LM",
             )
             peft_model = get_peft_model(model, config)
-        stuck = set_trainable(peft_model, full_roles)
+        stuck = set_trainable(peft_model, frozen)
         for name, parameter in peft_model.named_parameters():
             if "lora_" in name:
                 parameter.requires_grad_(True)
         model = peft_model
     else:
-        stuck = set_trainable(model, full_roles)
+        stuck = set_trainable(model, frozen)
     if stuck:
         raise ValueError(
             f"{stuck[0]} (and {len(stuck) - 1} more) is quantised and cannot train in full; "
@@ -232,9 +238,8 @@ def load_vift(path: str | os.PathLike[str], **kwargs: Any) -> tuple[Any, Any]:
     from vift_plugin.processors import load_processor
 
     folder = os.fspath(path)
-    adapter = Path(folder, ADAPTER_CONFIG_NAME)
-    if adapter.is_file():
-        base = json.loads(adapter.read_text())["base_model_name_or_path"]
+    base = adapter_base(folder)
+    if base is not None:
         model = _continue_from_run(AutoModelForImageTextToText.from_pretrained(base, **kwargs), folder, merge=True)
     else:
         model = AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
@@ -248,13 +253,9 @@ def load_vift(path: str | os.PathLike[str], **kwargs: Any) -> tuple[Any, Any]:
 
 
 def describe_trainable(model: nn.Module) -> str:
-    """``vision 0 / 21,536 | connector 6,272 / 6,272 | language 12,288 / 181,440 (LoRA)``."""
-    base = unwrap_model(model)
-    model_type = str(getattr(getattr(base, "config", None), "model_type", ""))
-    totals: dict[str, list[int]] = {"vision": [0, 0], "connector": [0, 0], "language": [0, 0]}
-    for name, parameter in model.named_parameters():
-        entry = totals[parameter_role(name, model_type)]
-        entry[1] += parameter.numel()
-        if parameter.requires_grad:
-            entry[0] += parameter.numel()
-    return " | ".join(f"{role} {t:,} / {n:,} trainable" for role, (t, n) in totals.items())
+    """``vision 0 / 21,536 trainable | connector 6,272 / 6,272 trainable | language ...``."""
+    parts = []
+    for role, named in parameters_by_role(model).items():
+        trainable = sum(p.numel() for _, p in named if p.requires_grad)
+        parts.append(f"{role} {trainable:,} / {sum(p.numel() for _, p in named):,} trainable")
+    return " | ".join(parts)
