@@ -1,0 +1,796 @@
+"""ViFT training for hiyouga/LLaMA-Factory, as a removable runtime patch.
+
+LLaMA-Factory batches image and text-only samples together (its multimodal collator pads an
+all-text batch with a blank image so ZeRO-3/FSDP do not hang) and trains the vision tower, the
+projector and the language model at one learning rate. This patch adds, on its trainers:
+
+- modality-grouped sampling: ``_get_train_sampler`` returns a
+  :class:`vift_plugin.data.ModalityGroupedSampler`, so every optimizer step (per-device batch x
+  world size x gradient accumulation) is all-image or all-text on every rank. A sample is an image
+  sample when its ``images`` (or ``videos``) list in the tokenized dataset is non-empty; its length
+  is ``len(input_ids)``. The order depends only on ``data_seed``/``seed`` and the epoch.
+- per-module learning rates: ``create_optimizer`` puts the vision tower, the connector
+  (``multi_modal_projector``; Qwen2-VL's ``visual.merger``) and the language model in their own
+  groups (and decay/no-decay), at ``vision_lr``, ``connector_lr`` and ``language_lr``.
+
+Use it in Python before ``run_exp()``::
+
+    import vift_llamafactory
+    vift_llamafactory.apply(vision_lr=2e-6, connector_lr=1e-5)
+    from llamafactory.train.tuner import run_exp
+    run_exp()                                   # reads the YAML named on the command line
+
+or run this file in place of ``llamafactory-cli train`` (``VIFT_*`` environment variables or
+``--vift-*`` options; the rest of the command line goes to LLaMA-Factory)::
+
+    VIFT_VISION_LR=2e-6 torchrun --nproc_per_node 4 patches/llama_factory/vift_llamafactory.py qwen2vl_sft.yaml
+
+Written for hiyouga/LLaMA-Factory 0.9.x (checked against 0.9.3/main): ``llamafactory.train.sft.trainer.
+CustomSeq2SeqTrainer`` and ``llamafactory.train.pt.trainer.CustomTrainer`` with
+``_get_train_sampler(self, *args, **kwargs)`` and ``create_optimizer(self)``, and
+``llamafactory.train.trainer_utils.create_custom_optimizer(model, training_args, finetuning_args)``.
+Every symbol is checked when the patch is applied. No upstream code is copied; the patch needs
+``vift_plugin`` installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ENV_VARS",
+    "TARGETS",
+    "LlamaFactoryPatch",
+    "ViFTLlamaFactoryConfig",
+    "ViFTPatchError",
+    "active_patches",
+    "apply",
+    "apply_vift_to_llamafactory",
+    "build_sampler",
+    "config_from_env",
+    "patch_llamafactory_trainers",
+    "vift_llamafactory_patch",
+    "write_llamafactory_dataset",
+]
+
+logger = logging.getLogger("vift_llamafactory")
+
+UPSTREAM = "hiyouga/LLaMA-Factory 0.9.x (0.9.3 / main)"
+PATCHED_METHODS = ("_get_train_sampler", "create_optimizer")
+ROLES = ("vision", "connector", "language")
+CUSTOM_OPTIMIZER = ("llamafactory.train.trainer_utils", "create_custom_optimizer")
+
+# Environment variables read by apply() for every setting not passed as an argument.
+ENV_VARS = {
+    "vision_lr": "VIFT_VISION_LR",
+    "connector_lr": "VIFT_CONNECTOR_LR",
+    "language_lr": "VIFT_LANGUAGE_LR",
+    "group_by_modality": "VIFT_GROUP_BY_MODALITY",
+    "remainder": "VIFT_REMAINDER",
+    "length_window": "VIFT_LENGTH_WINDOW",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One upstream trainer class this patch knows."""
+
+    module: str
+    cls: str
+
+
+TARGETS: dict[str, Target] = {
+    "sft": Target("llamafactory.train.sft.trainer", "CustomSeq2SeqTrainer"),
+    "pt": Target("llamafactory.train.pt.trainer", "CustomTrainer"),
+}
+
+
+class ViFTPatchError(RuntimeError):
+    """A symbol the patch needs is missing or incompatible, or the patch is applied twice."""
+
+
+@dataclass(frozen=True)
+class ViFTLlamaFactoryConfig:
+    """Settings of one applied patch (see :func:`apply`)."""
+
+    vision_lr: float | None = None
+    connector_lr: float | None = None
+    language_lr: float | None = None
+    group_by_modality: bool = True
+    remainder: str = "drop"
+    length_window: int | None = 64
+    visual_columns: tuple[str, ...] = ("images", "videos")
+    role_of: Callable[[str], str] | None = None
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+# --------------------------------------------------------------------------------------- configuration
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError as error:
+        raise ValueError(f"{name}={value!r} is not a number.") from error
+
+
+def _env_bool(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean (1/0, true/false, yes/no).")
+
+
+def _env_window(name: str) -> int | None | _Unset:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return UNSET
+    if value == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError as error:
+        raise ValueError(f"{name}={value!r} is not an integer or 'none'.") from error
+
+
+def config_from_env(**given: Any) -> ViFTLlamaFactoryConfig:
+    """The settings: each ``given`` value that is not ``UNSET``, else its ``VIFT_*`` variable, else the default."""
+    defaults = ViFTLlamaFactoryConfig()
+    env: dict[str, Any] = {
+        "vision_lr": _env_float(ENV_VARS["vision_lr"]),
+        "connector_lr": _env_float(ENV_VARS["connector_lr"]),
+        "language_lr": _env_float(ENV_VARS["language_lr"]),
+        "group_by_modality": _env_bool(ENV_VARS["group_by_modality"]),
+        "remainder": os.environ.get(ENV_VARS["remainder"], "").strip() or None,
+        "length_window": _env_window(ENV_VARS["length_window"]),
+    }
+    values: dict[str, Any] = {}
+    for name in ViFTLlamaFactoryConfig.__dataclass_fields__:
+        value = given.get(name, UNSET)
+        if value is UNSET and name in env:
+            value = env[name]
+            if value is None and name in ("group_by_modality", "remainder"):
+                value = UNSET
+        values[name] = getattr(defaults, name) if value is UNSET else value
+    config = ViFTLlamaFactoryConfig(**values)
+    _check_config(config)
+    return config
+
+
+def _check_config(config: ViFTLlamaFactoryConfig) -> None:
+    for name in ("vision_lr", "connector_lr", "language_lr"):
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise ValueError(f"{name} must be a non-negative number or None, got {value!r}.")
+    if config.remainder not in ("drop", "fill"):
+        raise ValueError(f"remainder must be 'drop' or 'fill', got {config.remainder!r}.")
+    if config.length_window is not None and (
+        isinstance(config.length_window, bool) or not isinstance(config.length_window, int) or config.length_window < 1
+    ):
+        raise ValueError(f"length_window must be a positive int or None, got {config.length_window!r}.")
+    if not config.visual_columns:
+        raise ValueError("visual_columns must name at least one column (LLaMA-Factory: 'images', 'videos').")
+
+
+# --------------------------------------------------------------------------------------- symbol checks
+
+
+def _advice(upstream: bool) -> str:
+    if not upstream:
+        return "The class needs _get_train_sampler(self, *args, **kwargs) and create_optimizer(self)."
+    return (
+        f"This patch was written for {UPSTREAM}. Install that version (pip install 'llamafactory>=0.9,<0.10' "
+        "or pip install -e . in its checkout), or pass trainer_classes= your own trainer classes if your fork "
+        "renamed them."
+    )
+
+
+def _import(module_name: str, attribute: str, upstream: bool) -> Any:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ViFTPatchError(
+            f"vift_llamafactory: cannot import module {module_name!r} ({type(error).__name__}: {error}). "
+            + _advice(upstream)
+        ) from error
+    value = getattr(module, attribute, None)
+    if value is None:
+        raise ViFTPatchError(f"vift_llamafactory: module {module_name!r} has no {attribute!r}. " + _advice(upstream))
+    return value
+
+
+def _check_signature(function: Any, where: str, call: tuple[Any, ...], described: str, upstream: bool) -> None:
+    if not callable(function):
+        raise ViFTPatchError(f"vift_llamafactory: {where} is missing or not callable. " + _advice(upstream))
+    try:
+        inspect.signature(function).bind(*call)
+    except (TypeError, ValueError) as error:
+        raise ViFTPatchError(
+            f"vift_llamafactory: {where} has an incompatible signature {inspect.signature(function)} "
+            f"(the patch calls it as {described}: {error}). " + _advice(upstream)
+        ) from error
+
+
+def _check_class(cls: type, upstream: bool) -> None:
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    for name in PATCHED_METHODS:
+        method = getattr(cls, name, None)
+        if method is None:
+            raise ViFTPatchError(f"vift_llamafactory: {where} has no method {name!r}. " + _advice(upstream))
+        _check_signature(method, f"{where}.{name}", (object(),), f"{name}(self)", upstream)
+
+
+def _custom_optimizer_factory() -> Callable[..., Any]:
+    """``llamafactory.train.trainer_utils.create_custom_optimizer``, checked."""
+    function = _import(*CUSTOM_OPTIMIZER, upstream=True)
+    _check_signature(
+        function,
+        ".".join(CUSTOM_OPTIMIZER),
+        (None, None, None),
+        "create_custom_optimizer(model, training_args, finetuning_args)",
+        upstream=True,
+    )
+    return function
+
+
+def resolve_trainer_classes(trainer_classes: Any = None) -> list[type]:
+    """The classes to patch: names in :data:`TARGETS`, ``"module:Class"`` strings or classes (default: all targets)."""
+    if trainer_classes is None:
+        items: list[Any] = list(TARGETS)
+    elif isinstance(trainer_classes, str | type):
+        items = [trainer_classes]
+    else:
+        items = list(trainer_classes)
+    classes = []
+    for item in items:
+        if isinstance(item, type):
+            cls, upstream = item, False
+        elif isinstance(item, str) and item in TARGETS:
+            cls, upstream = _import(TARGETS[item].module, TARGETS[item].cls, upstream=True), True
+        elif isinstance(item, str) and ":" in item:
+            module_name, _, class_name = item.partition(":")
+            cls, upstream = _import(module_name, class_name, upstream=False), False
+        else:
+            raise ValueError(
+                f"trainer_classes items must be {sorted(TARGETS)}, 'module:Class' or classes; got {item!r}."
+            )
+        if not isinstance(cls, type):
+            raise ViFTPatchError(f"vift_llamafactory: {item!r} is not a class. " + _advice(upstream))
+        _check_class(cls, upstream)
+        if cls not in classes:
+            classes.append(cls)
+    return classes
+
+
+# --------------------------------------------------------------------------------------- sampler
+
+
+def _column_names(dataset: Any) -> list[str] | None:
+    names = getattr(dataset, "column_names", None)
+    return list(names) if isinstance(names, list | tuple) else None
+
+
+def _list_lengths(dataset: Any, column: str) -> list[int] | None:
+    """``len(row[column] or [])`` per row, or ``None`` when the dataset has no such column.
+
+    On a ``datasets.Dataset`` this reads Arrow list lengths (index mappings respected); images are
+    never decoded.
+    """
+    names = _column_names(dataset)
+    if names is not None:
+        if column not in names:
+            return None
+        values = dataset.with_format("arrow")[column]
+        try:
+            import pyarrow.compute as pc
+
+            return [int(n) for n in pc.fill_null(pc.list_value_length(values), 0).to_pylist()]
+        except Exception:  # not a list column (a single path per row, ...)
+            return [_count(value) for value in values.to_pylist()]
+    lengths = []
+    for index in range(len(dataset)):
+        row = dataset[index]
+        if not isinstance(row, dict) or column not in row:
+            return None
+        lengths.append(_count(row[column]))
+    return lengths
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, list | tuple):
+        return len(value)
+    return 1
+
+
+def _has_any_column(dataset: Any, columns: Sequence[str]) -> bool:
+    names = _column_names(dataset)
+    if names is None:
+        first = dataset[0] if _has_length(dataset) and len(dataset) else None
+        names = list(first) if isinstance(first, dict) else []
+    return any(column in names for column in columns)
+
+
+def dataset_modalities(dataset: Any, visual_columns: Sequence[str]) -> list[str] | None:
+    """``"image"`` where any of ``visual_columns`` is non-empty, else ``"text"``; ``None`` without those columns."""
+    counts = [c for c in (_list_lengths(dataset, column) for column in visual_columns) if c is not None]
+    if not counts:
+        return None
+    return ["image" if any(row) else "text" for row in zip(*counts, strict=True)]
+
+
+def build_sampler(trainer: Any, dataset: Any, config: ViFTLlamaFactoryConfig) -> Any:
+    """The :class:`ModalityGroupedSampler` the patched ``_get_train_sampler`` returns."""
+    from vift_plugin.data.sampler import ModalityGroupedSampler
+
+    args = trainer.args
+    modalities = dataset_modalities(dataset, config.visual_columns)
+    if modalities is None:
+        logger.warning(
+            "vift_llamafactory: the training dataset has none of the columns %s; every sample counts as text.",
+            list(config.visual_columns),
+        )
+        modalities = ["text"] * len(dataset)
+    lengths = _list_lengths(dataset, "input_ids")
+    batch_size = (
+        getattr(trainer, "_train_batch_size", None)
+        or getattr(args, "train_batch_size", None)
+        or args.per_device_train_batch_size
+    )
+    data_seed = getattr(args, "data_seed", None)
+    return ModalityGroupedSampler(
+        modalities,
+        lengths,
+        batch_size=int(batch_size),
+        world_size=int(getattr(args, "world_size", 1) or 1),
+        gradient_accumulation_steps=int(getattr(args, "gradient_accumulation_steps", 1) or 1),
+        seed=int(data_seed if data_seed is not None else args.seed),
+        remainder=config.remainder,  # type: ignore[arg-type]
+        length_window=config.length_window,
+    )
+
+
+def _has_length(dataset: Any) -> bool:
+    try:
+        return len(dataset) is not None
+    except TypeError:
+        return False
+
+
+def _call_compatibly(function: Callable[..., Any], owner: Any, *args: Any, **kwargs: Any) -> Any:
+    """``function(owner, *args, **kwargs)``, or ``function(owner)`` when it does not take those arguments."""
+    try:
+        inspect.signature(function).bind(owner, *args, **kwargs)
+    except TypeError:
+        return function(owner)
+    return function(owner, *args, **kwargs)
+
+
+def _make_sampler_method(original: Callable[..., Any], config: ViFTLlamaFactoryConfig) -> Callable[..., Any]:
+    def _get_train_sampler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not config.group_by_modality:
+            return _call_compatibly(original, self, *args, **kwargs)
+        if getattr(getattr(self, "finetuning_args", None), "disable_shuffling", False):
+            logger.warning("vift_llamafactory: disable_shuffling is set; keeping the dataset order (no ViFT grouping).")
+            return _call_compatibly(original, self, *args, **kwargs)
+        dataset = args[0] if args else kwargs.get("train_dataset")
+        if dataset is None:
+            dataset = self.train_dataset
+        if dataset is None or not _has_length(dataset):
+            return _call_compatibly(original, self, *args, **kwargs)
+        own = self.train_dataset
+        if own is not None and own is not dataset and not _has_any_column(dataset, config.visual_columns):
+            dataset = own  # transformers dropped the unused columns from the copy it passed
+        return build_sampler(self, dataset, config)
+
+    _get_train_sampler.__doc__ = "ViFT (vift_llamafactory): a ModalityGroupedSampler (image vs text-only samples)."
+    _get_train_sampler._vift_patch = True  # type: ignore[attr-defined]
+    return _get_train_sampler
+
+
+# --------------------------------------------------------------------------------------- optimizer
+
+
+def role_learning_rates(args: Any, config: ViFTLlamaFactoryConfig) -> dict[str, float]:
+    """``{"vision", "connector", "language"}``: the configured rates, ``learning_rate`` where unset."""
+    base = float(args.learning_rate)
+    rates = {"vision": config.vision_lr, "connector": config.connector_lr, "language": config.language_lr}
+    return {role: base if rate is None else float(rate) for role, rate in rates.items()}
+
+
+def _named_roles(model: Any, config: ViFTLlamaFactoryConfig) -> dict[str, list[tuple[str, Any]]]:
+    if config.role_of is None:
+        from vift_plugin.training.roles import parameters_by_role
+
+        return {str(role): named for role, named in parameters_by_role(model).items()}
+    groups: dict[str, list[tuple[str, Any]]] = {role: [] for role in ROLES}
+    for name, parameter in model.named_parameters():
+        role = config.role_of(name)
+        if role not in groups:
+            raise ValueError(f"vift_llamafactory: role_of({name!r}) returned {role!r}; expected one of {ROLES}.")
+        groups[role].append((name, parameter))
+    return groups
+
+
+def _decay_parameter_names(trainer: Any, model: Any) -> set[str]:
+    rule = getattr(trainer, "get_decay_parameter_names", None)
+    if rule is not None:
+        return set(rule(model))
+    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    return {name for name in get_parameter_names(model, ALL_LAYERNORM_LAYERS) if "bias" not in name}
+
+
+def role_param_groups(
+    trainer: Any, model: Any, rates: dict[str, float], config: ViFTLlamaFactoryConfig
+) -> list[dict[str, Any]]:
+    """One optimizer group per (role, decay) holding trainable parameters, each tagged with ``role``."""
+    decay = _decay_parameter_names(trainer, model)
+    weight_decay = float(trainer.args.weight_decay)
+    groups = []
+    for role, named in _named_roles(model, config).items():
+        for decayed in (True, False):
+            params = [p for n, p in named if p.requires_grad and (n in decay) == decayed]
+            if params:
+                rate = weight_decay if decayed else 0.0
+                groups.append({"params": params, "lr": rates[role], "weight_decay": rate, "role": role})
+    return groups
+
+
+def _optimizer_cls_and_kwargs(trainer: Any, model: Any) -> tuple[Any, dict[str, Any]]:
+    preset = getattr(trainer, "optimizer_cls_and_kwargs", None)
+    if preset is not None:
+        return preset[0], dict(preset[1])
+    getter = trainer.get_optimizer_cls_and_kwargs
+    try:
+        inspect.signature(getter).bind(trainer.args, model)
+    except TypeError:
+        cls, kwargs = getter(trainer.args)
+    else:
+        cls, kwargs = getter(trainer.args, model)
+    return cls, dict(kwargs)
+
+
+def _is_factory(optimizer_cls: Any) -> bool:
+    try:
+        from transformers.trainer import is_optimizer_factory
+    except ImportError:
+        return False
+    return bool(is_optimizer_factory(optimizer_cls))
+
+
+def _keep_embeddings_32bit(model: Any, optimizer_cls: Any, kwargs: dict[str, Any]) -> None:
+    """bitsandbytes 8-bit optimizers: keep embeddings in 32-bit state, as transformers does."""
+    if not ("bitsandbytes" in str(optimizer_cls) and kwargs.get("optim_bits") == 8):
+        return
+    import bitsandbytes
+    from torch import nn
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+
+
+def _make_optimizer_method(original: Callable[..., Any], config: ViFTLlamaFactoryConfig) -> Callable[..., Any]:
+    def create_optimizer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.optimizer is None:
+            model = args[0] if args else kwargs.get("model")
+            model = self.model if model is None else model
+            finetuning_args = getattr(self, "finetuning_args", None)
+            custom = None
+            if finetuning_args is not None:
+                custom = _custom_optimizer_factory()(model, self.args, finetuning_args)
+            if custom is not None:
+                logger.warning(
+                    "vift_llamafactory: the finetuning arguments select a custom optimizer (%s: GaLore, APOLLO, "
+                    "LoRA+, BAdam, Adam-mini or Muon); ViFT's per-module learning rates are not applied.",
+                    type(custom).__name__,
+                )
+                self.optimizer = custom
+            else:
+                optimizer_cls, optimizer_kwargs = _optimizer_cls_and_kwargs(self, model)
+                if _is_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+                    logger.warning(
+                        "vift_llamafactory: optim=%s builds its own parameter groups; per-module learning rates "
+                        "are not applied.",
+                        getattr(self.args, "optim", "?"),
+                    )
+                    return _call_compatibly(original, self, *args, **kwargs)
+                rates = role_learning_rates(self.args, config)
+                groups = role_param_groups(self, model, rates, config)
+                if not groups:
+                    raise ValueError("vift_llamafactory: the model has no trainable parameters.")
+                self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+                _keep_embeddings_32bit(model, optimizer_cls, optimizer_kwargs)
+                logger.info(
+                    "vift_llamafactory: learning rates vision %g, connector %g, language %g.",
+                    rates["vision"],
+                    rates["connector"],
+                    rates["language"],
+                )
+        # The original sees the optimizer set and returns it (through Trainer.create_optimizer's wrapping).
+        return _call_compatibly(original, self, *args, **kwargs)
+
+    create_optimizer.__doc__ = "ViFT (vift_llamafactory): one optimizer group per module role and decay."
+    create_optimizer._vift_patch = True  # type: ignore[attr-defined]
+    return create_optimizer
+
+
+# --------------------------------------------------------------------------------------- patch handle
+
+_ACTIVE: list[LlamaFactoryPatch] = []
+
+
+@dataclass(eq=False)
+class LlamaFactoryPatch:
+    """An applied patch: ``remove()`` (or leaving a ``with`` block) restores the original methods exactly."""
+
+    config: ViFTLlamaFactoryConfig
+    # (class, method name, whether the class defined it itself, the original class attribute)
+    saved: list[tuple[type, str, bool, Any]] = field(default_factory=list)
+    active: bool = True
+
+    @property
+    def trainer_classes(self) -> list[type]:
+        return list(dict.fromkeys(cls for cls, _, _, _ in self.saved))
+
+    def remove(self) -> None:
+        """Restore the originals; a second call does nothing."""
+        if not self.active:
+            return
+        for cls, name, _, _ in self.saved:
+            if not getattr(cls.__dict__.get(name), "_vift_patch", False):
+                raise ViFTPatchError(
+                    f"vift_llamafactory: {cls.__qualname__}.{name} was replaced after the ViFT patch; "
+                    "remove that patch first."
+                )
+        for cls, name, owned, original in self.saved:
+            if owned:
+                setattr(cls, name, original)
+            else:
+                delattr(cls, name)
+        self.active = False
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+    def __enter__(self) -> LlamaFactoryPatch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def active_patches() -> list[LlamaFactoryPatch]:
+    """Patches applied and not yet removed, oldest first."""
+    return list(_ACTIVE)
+
+
+def apply_vift_to_llamafactory(
+    trainer_classes: Any = None,
+    *,
+    vision_lr: float | None = UNSET,
+    connector_lr: float | None = UNSET,
+    language_lr: float | None = UNSET,
+    group_by_modality: bool = UNSET,
+    remainder: str = UNSET,
+    length_window: int | None = UNSET,
+    visual_columns: Sequence[str] = ("images", "videos"),
+    role_of: Callable[[str], str] | None = None,
+) -> LlamaFactoryPatch:
+    """Patch LLaMA-Factory's trainers for ViFT; returns a handle (also a context manager).
+
+    Every setting left out comes from its environment variable (:data:`ENV_VARS`), else the default.
+
+    Args:
+        trainer_classes: ``"sft"``, ``"pt"`` (see :data:`TARGETS`), ``"module:Class"`` strings or classes, or a
+            list of them; default: both upstream trainers.
+        vision_lr / connector_lr / language_lr: per-module learning rates (``VIFT_VISION_LR``,
+            ``VIFT_CONNECTOR_LR``, ``VIFT_LANGUAGE_LR``); ``None`` means the run's ``learning_rate``.
+        group_by_modality: modality-grouped sampling on (default) or off (``VIFT_GROUP_BY_MODALITY``).
+        remainder: ``"drop"`` (default) or ``"fill"`` the samples that do not fill a step (``VIFT_REMAINDER``).
+        length_window: optimizer steps per length-sorting window, ``None`` for a whole modality
+            (``VIFT_LENGTH_WINDOW``, ``none``); default 64.
+        visual_columns: dataset columns whose non-empty lists make a sample an image sample.
+        role_of: ``name -> "vision" | "connector" | "language"`` in place of
+            :func:`vift_plugin.training.roles.parameter_role`.
+
+    Raises:
+        ViFTPatchError: a module, class, method or function is missing or incompatible, or a class is
+            already patched.
+    """
+    config = config_from_env(
+        vision_lr=vision_lr,
+        connector_lr=connector_lr,
+        language_lr=language_lr,
+        group_by_modality=group_by_modality,
+        remainder=remainder,
+        length_window=length_window,
+        visual_columns=tuple(visual_columns),
+        role_of=role_of,
+    )
+    classes = resolve_trainer_classes(trainer_classes)
+    _custom_optimizer_factory()
+    for cls in classes:
+        for name in PATCHED_METHODS:
+            if getattr(getattr(cls, name, None), "_vift_patch", False):
+                raise ViFTPatchError(
+                    f"vift_llamafactory: {cls.__qualname__}.{name} is already patched for ViFT; remove() the first "
+                    "patch before applying another."
+                )
+    import vift_plugin.data.sampler  # noqa: F401  (fail now, not inside training, when vift_plugin is missing)
+
+    handle = LlamaFactoryPatch(config)
+    makers = {"_get_train_sampler": _make_sampler_method, "create_optimizer": _make_optimizer_method}
+    for cls in classes:
+        for name in PATCHED_METHODS:
+            owned = name in cls.__dict__
+            replacement = makers[name](getattr(cls, name), config)
+            replacement.__name__ = replacement.__qualname__ = name
+            handle.saved.append((cls, name, owned, cls.__dict__[name] if owned else None))
+            setattr(cls, name, replacement)
+    _ACTIVE.append(handle)
+    logger.info(
+        "vift_llamafactory: patched %s; learning rates vision=%s connector=%s language=%s, grouping %s.",
+        ", ".join(f"{c.__module__}.{c.__qualname__}" for c in classes),
+        config.vision_lr,
+        config.connector_lr,
+        config.language_lr,
+        "on" if config.group_by_modality else "off",
+    )
+    return handle
+
+
+apply = apply_vift_to_llamafactory
+patch_llamafactory_trainers = apply_vift_to_llamafactory
+vift_llamafactory_patch = apply_vift_to_llamafactory
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def _absolute_lines(path: Path, root: Path | None) -> Iterator[str]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            if root is None:
+                yield line.rstrip("\n")
+                continue
+            record = json.loads(line)
+            if "image" in record:
+                record["image"] = str((root / record["image"]).resolve())
+            yield json.dumps(record, ensure_ascii=False)
+
+
+def _chunks(lines: Iterable[str], size: int = 4096) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def write_llamafactory_dataset(
+    dataset_dir: str | os.PathLike[str],
+    name: str = "vift_mix",
+    *,
+    captions: Sequence[str | os.PathLike[str]] = (),
+    texts: Sequence[str | os.PathLike[str]] = (),
+    image_root: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    verify_images: bool = True,
+    skip_bad: bool = False,
+) -> dict[str, int]:
+    """Write ``{dataset_dir}/{name}.json`` and register it in ``{dataset_dir}/dataset_info.json``.
+
+    Captions become ShareGPT-style ``conversations`` with one ``<image>`` and an absolute ``image``
+    path; text instructions become ``conversations`` without an image. Other entries of an existing
+    ``dataset_info.json`` are kept. Use it as ``dataset: {name}`` with ``dataset_dir: {dataset_dir}``.
+    Returns ``{"captions": n, "texts": m}``.
+    """
+    from vift_plugin.data.captions import convert_caption_file
+    from vift_plugin.data.files import RecordWriter, atomic_output
+    from vift_plugin.data.instructions import convert_instruction_file
+
+    if not captions and not texts:
+        raise ValueError("Give at least one caption file or text-instruction file.")
+    folder = Path(dataset_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {"captions": 0, "texts": 0}
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".vift-lf-") as scratch:
+        parts: list[tuple[Path, Path | None]] = []
+        for index, path in enumerate(captions):
+            part = Path(scratch) / f"captions-{index}.jsonl"
+            root = Path(image_root) if image_root is not None else Path(path).resolve().parent
+            report = convert_caption_file(
+                path,
+                part,
+                output_format="llava",
+                image_root=root,
+                seed=seed,
+                verify_images=verify_images,
+                skip_bad=skip_bad,
+            )
+            counts["captions"] += report.written
+            parts.append((part, root))
+        for index, path in enumerate(texts):
+            part = Path(scratch) / f"texts-{index}.jsonl"
+            counts["texts"] += convert_instruction_file(path, part, output_format="llava", skip_bad=skip_bad).written
+            parts.append((part, None))
+        with RecordWriter(folder / f"{name}.json") as writer:
+            for part, part_root in parts:
+                for chunk in _chunks(_absolute_lines(part, part_root)):
+                    writer.write(chunk)
+    info_path = folder / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+    info[name] = {
+        "file_name": f"{name}.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "images": "image"},
+    }
+    with atomic_output(info_path) as handle:
+        handle.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    return counts
+
+
+# --------------------------------------------------------------------------------------- launcher
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Apply the patch, then run LLaMA-Factory's ``run_exp()`` on the remaining arguments."""
+    parser = argparse.ArgumentParser(
+        description="Run LLaMA-Factory training with ViFT's modality-grouped sampling and per-module learning "
+        "rates. Options other than --vift-* (e.g. a YAML file) go to LLaMA-Factory unchanged.",
+    )
+    parser.add_argument("--vift-vision-lr", type=float, default=UNSET)
+    parser.add_argument("--vift-connector-lr", type=float, default=UNSET)
+    parser.add_argument("--vift-language-lr", type=float, default=UNSET)
+    parser.add_argument("--vift-no-grouping", action="store_true", help="keep LLaMA-Factory's sampler")
+    parser.add_argument("--vift-remainder", choices=["drop", "fill"], default=UNSET)
+    ours, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    apply(
+        vision_lr=ours.vift_vision_lr,
+        connector_lr=ours.vift_connector_lr,
+        language_lr=ours.vift_language_lr,
+        group_by_modality=False if ours.vift_no_grouping else UNSET,
+        remainder=ours.vift_remainder,
+    )
+    sys.argv = [sys.argv[0], *rest]
+    from llamafactory.train.tuner import run_exp
+
+    run_exp()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,652 @@
+"""ViFT training for haotian-liu/LLaVA and its forks (Bunny), as a removable runtime patch.
+
+Import this module and call :func:`apply` before LLaVA's ``train()`` builds its trainer::
+
+    import vift_llava
+    handle = vift_llava.apply(vision_lr=2e-6)      # patches llava.train.llava_trainer.LLaVATrainer
+    from llava.train.train import train
+    train(attn_implementation="flash_attention_2")
+    handle.remove()                                 # optional: the originals are back, exactly
+
+or run it in place of ``llava/train/train_mem.py`` (same arguments, plus ``--vift-*`` options)::
+
+    deepspeed patches/llava/vift_llava.py --vift-vision-lr 2e-6 --deepspeed scripts/zero3.json ...
+
+What changes on the trainer class (nothing else is touched):
+
+- ``_get_train_sampler`` returns a :class:`vift_plugin.data.ModalityGroupedSampler` built from the
+  dataset's ``modality_lengths`` (positive: image sample, negative: text-only; the absolute value is
+  the length). Every optimizer step (per-device batch x world size x gradient accumulation) is one
+  modality on every rank, and the order depends only on ``data_seed``/``seed`` and the epoch,
+  never on the global random state. Upstream's sampler ends each epoch with a batch mixing both
+  modalities and draws from the global torch generator.
+- ``create_optimizer`` gives every trainable parameter a group by role and weight decay:
+  the connector (``mm_projector``) at ``mm_projector_lr``, the vision tower at
+  ``mm_vision_tower_lr`` (when the training arguments have it, as in LLaVA-NeXT forks) or the
+  ``vision_lr`` given here, and the language model at ``learning_rate``.
+
+Written for (read at apply time, checked symbol by symbol):
+
+- haotian-liu/LLaVA v1.2.2.post1 (main): ``llava.train.llava_trainer.LLaVATrainer`` with
+  ``_get_train_sampler(self)`` and ``create_optimizer(self)``;
+- BAAI-DCAI/Bunny (main, package version 1.0): ``bunny.train.bunny_trainer.BunnyTrainer``, same methods.
+
+No upstream code is copied; the patch needs ``vift_plugin`` installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TARGETS",
+    "LLaVAPatch",
+    "ViFTPatchError",
+    "ViFTLLaVAConfig",
+    "active_patches",
+    "apply",
+    "apply_vift_to_llava",
+    "build_sampler",
+    "patch_llava_trainer",
+    "vift_llava_patch",
+    "write_llava_json",
+]
+
+logger = logging.getLogger("vift_llava")
+
+PATCHED_METHODS = ("_get_train_sampler", "create_optimizer")
+ROLES = ("vision", "connector", "language")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One upstream trainer class this patch knows."""
+
+    module: str
+    cls: str
+    upstream: str
+
+
+TARGETS: dict[str, Target] = {
+    "llava": Target(
+        "llava.train.llava_trainer",
+        "LLaVATrainer",
+        "haotian-liu/LLaVA v1.2.2.post1 (main branch)",
+    ),
+    "bunny": Target(
+        "bunny.train.bunny_trainer",
+        "BunnyTrainer",
+        "BAAI-DCAI/Bunny (main branch, package version 1.0)",
+    ),
+}
+
+
+class ViFTPatchError(RuntimeError):
+    """A symbol the patch needs is missing or incompatible, or the patch is applied twice."""
+
+
+@dataclass(frozen=True)
+class ViFTLLaVAConfig:
+    """Settings of one applied patch (see :func:`apply`)."""
+
+    vision_lr: float | None = None
+    connector_lr: float | None = None
+    remainder: str = "drop"
+    length_window: int | None = 64
+    sampler: bool = True
+    optimizer: bool = True
+    role_of: Callable[[str], str] | None = None
+
+
+# --------------------------------------------------------------------------------------- symbol checks
+
+
+def _advice(target: Target | None) -> str:
+    if target is None:
+        return (
+            "Pass trainer_cls= a transformers.Trainer subclass with _get_train_sampler(self[, dataset]) "
+            "and create_optimizer(self)."
+        )
+    return (
+        f"This patch was written for {target.upstream}. Install that version (pip install -e . in its "
+        f"checkout), run from its repository root so {target.module.split('.')[0]!r} is importable, or pass "
+        "trainer_cls= your own trainer class if it is a fork with other names."
+    )
+
+
+def _import_target(target: Target, upstream: bool = True) -> type:
+    advice = _advice(target if upstream else None)
+    try:
+        module = importlib.import_module(target.module)
+    except ImportError as error:
+        raise ViFTPatchError(
+            f"vift_llava: cannot import module {target.module!r} ({type(error).__name__}: {error}). " + advice
+        ) from error
+    cls = getattr(module, target.cls, None)
+    if not isinstance(cls, type):
+        raise ViFTPatchError(f"vift_llava: module {target.module!r} has no class {target.cls!r}. " + advice)
+    return cls
+
+
+def _check_methods(cls: type, target: Target | None) -> None:
+    """Each patched method exists and can be called the way the patch calls it (``self`` only)."""
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    for name in PATCHED_METHODS:
+        method = getattr(cls, name, None)
+        if method is None or not callable(method):
+            raise ViFTPatchError(f"vift_llava: {where} has no method {name!r}. " + _advice(target))
+        try:
+            inspect.signature(method).bind(object())
+        except (TypeError, ValueError) as error:
+            raise ViFTPatchError(
+                f"vift_llava: {where}.{name} has an incompatible signature {inspect.signature(method)} "
+                f"(the patch calls it with self only: {error}). " + _advice(target)
+            ) from error
+
+
+def resolve_trainer_class(trainer_cls: type | str | None = None, target: str = "auto") -> tuple[type, Target | None]:
+    """The class to patch: ``trainer_cls`` (a class or ``"module:Class"``), or the ``target``'s upstream class."""
+    if isinstance(trainer_cls, str):
+        module_name, _, class_name = trainer_cls.partition(":")
+        if not class_name:
+            raise ValueError(f"trainer_cls as a string must be 'module:Class', got {trainer_cls!r}.")
+        cls = _import_target(Target(module_name, class_name, trainer_cls), upstream=False)
+        _check_methods(cls, None)
+        return cls, None
+    if trainer_cls is not None:
+        if not isinstance(trainer_cls, type):
+            raise TypeError(f"trainer_cls must be a class, got {type(trainer_cls).__name__}.")
+        _check_methods(trainer_cls, None)
+        return trainer_cls, None
+    if target == "auto":
+        errors = []
+        for name in TARGETS:
+            try:
+                return resolve_trainer_class(None, name)
+            except ViFTPatchError as error:
+                errors.append(str(error))
+        raise ViFTPatchError(
+            "vift_llava: found no LLaVA-style trainer to patch:\n  " + "\n  ".join(errors) + "\n" + _advice(None)
+        )
+    if target not in TARGETS:
+        raise ValueError(f"target must be 'auto' or one of {sorted(TARGETS)}, got {target!r}.")
+    spec = TARGETS[target]
+    cls = _import_target(spec)
+    _check_methods(cls, spec)
+    return cls, spec
+
+
+# --------------------------------------------------------------------------------------- sampler
+
+
+def _modality_lengths(dataset: Any) -> tuple[list[str], list[int]]:
+    """``(modalities, lengths)`` from LLaVA's signed ``modality_lengths`` (positive: image, negative: text)."""
+    signed = getattr(dataset, "modality_lengths", None)
+    if signed is None:
+        raise ValueError(
+            f"vift_llava: the training dataset ({type(dataset).__name__}) has no 'modality_lengths'; ViFT's "
+            "sampler needs LLaVA's LazySupervisedDataset (or any dataset with that property: the token or word "
+            "count per sample, positive for image samples and negative for text-only ones)."
+        )
+    modalities, lengths = [], []
+    for index, value in enumerate(signed):
+        value = int(value)
+        if value == 0:
+            raise ValueError(
+                f"vift_llava: modality_lengths[{index}] is 0, so its modality is unknown (the sign tells image "
+                "from text). Drop empty conversations from the data."
+            )
+        modalities.append("image" if value > 0 else "text")
+        lengths.append(abs(value))
+    return modalities, lengths
+
+
+def build_sampler(trainer: Any, dataset: Any, config: ViFTLLaVAConfig) -> Any:
+    """The :class:`ModalityGroupedSampler` the patched ``_get_train_sampler`` returns."""
+    from vift_plugin.data.sampler import ModalityGroupedSampler
+
+    args = trainer.args
+    modalities, lengths = _modality_lengths(dataset)
+    batch_size = (
+        getattr(trainer, "_train_batch_size", None)
+        or getattr(args, "train_batch_size", None)
+        or args.per_device_train_batch_size
+    )
+    data_seed = getattr(args, "data_seed", None)
+    return ModalityGroupedSampler(
+        modalities,
+        lengths,
+        batch_size=int(batch_size),
+        world_size=int(getattr(args, "world_size", 1) or 1),
+        gradient_accumulation_steps=int(getattr(args, "gradient_accumulation_steps", 1) or 1),
+        seed=int(data_seed if data_seed is not None else args.seed),
+        remainder=config.remainder,  # type: ignore[arg-type]
+        length_window=config.length_window,
+    )
+
+
+def _has_length(dataset: Any) -> bool:
+    try:
+        return len(dataset) is not None
+    except TypeError:
+        return False
+
+
+def _defines(obj: Any, name: str) -> bool:
+    """Whether ``obj`` has attribute ``name``, without evaluating a property (LLaVA's walks the whole data list)."""
+    return name in getattr(obj, "__dict__", {}) or any(name in vars(klass) for klass in type(obj).__mro__)
+
+
+def _call_compatibly(function: Callable[..., Any], owner: Any, *args: Any, **kwargs: Any) -> Any:
+    """``function(owner, *args, **kwargs)``, or ``function(owner)`` when it does not take those arguments.
+
+    LLaVA's ``_get_train_sampler(self)`` predates transformers passing the dataset to it.
+    """
+    try:
+        inspect.signature(function).bind(owner, *args, **kwargs)
+    except TypeError:
+        return function(owner)
+    return function(owner, *args, **kwargs)
+
+
+def _make_sampler_method(original: Callable[..., Any], config: ViFTLLaVAConfig) -> Callable[..., Any]:
+    def _get_train_sampler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        dataset = args[0] if args else kwargs.get("train_dataset")
+        if dataset is None:
+            dataset = self.train_dataset
+        if dataset is None or not _has_length(dataset):
+            return _call_compatibly(original, self, *args, **kwargs)
+        if not _defines(dataset, "modality_lengths") and self.train_dataset is not None:
+            dataset = self.train_dataset
+        return build_sampler(self, dataset, config)
+
+    _get_train_sampler.__doc__ = "ViFT (vift_llava): a ModalityGroupedSampler over the dataset's modality_lengths."
+    _get_train_sampler._vift_patch = True  # type: ignore[attr-defined]
+    return _get_train_sampler
+
+
+# --------------------------------------------------------------------------------------- optimizer
+
+
+def role_learning_rates(args: Any, config: ViFTLLaVAConfig) -> dict[str, float]:
+    """``{"vision", "connector", "language"}`` learning rates from the training arguments and the patch."""
+    base = float(args.learning_rate)
+    connector = getattr(args, "mm_projector_lr", None)
+    if connector is None:
+        connector = config.connector_lr
+    vision = getattr(args, "mm_vision_tower_lr", None)
+    if vision is None:
+        vision = config.vision_lr
+    return {
+        "vision": base if vision is None else float(vision),
+        "connector": base if connector is None else float(connector),
+        "language": base,
+    }
+
+
+def _named_roles(model: Any, config: ViFTLLaVAConfig) -> dict[str, list[tuple[str, Any]]]:
+    if config.role_of is None:
+        from vift_plugin.training.roles import parameters_by_role
+
+        return {str(role): named for role, named in parameters_by_role(model).items()}
+    groups: dict[str, list[tuple[str, Any]]] = {role: [] for role in ROLES}
+    for name, parameter in model.named_parameters():
+        role = config.role_of(name)
+        if role not in groups:
+            raise ValueError(f"vift_llava: role_of({name!r}) returned {role!r}; expected one of {ROLES}.")
+        groups[role].append((name, parameter))
+    return groups
+
+
+def _decay_parameter_names(trainer: Any, model: Any) -> set[str]:
+    """The trainer's own rule where it has one (transformers >= 4.3x), else LayerNorm and biases excluded."""
+    rule = getattr(trainer, "get_decay_parameter_names", None)
+    if rule is not None:
+        return set(rule(model))
+    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    return {name for name in get_parameter_names(model, ALL_LAYERNORM_LAYERS) if "bias" not in name}
+
+
+def role_param_groups(
+    trainer: Any, model: Any, rates: dict[str, float], config: ViFTLLaVAConfig
+) -> list[dict[str, Any]]:
+    """One optimizer group per (role, decay) holding trainable parameters, each tagged with ``role``."""
+    decay = _decay_parameter_names(trainer, model)
+    weight_decay = float(trainer.args.weight_decay)
+    groups = []
+    for role, named in _named_roles(model, config).items():
+        for decayed in (True, False):
+            params = [p for n, p in named if p.requires_grad and (n in decay) == decayed]
+            if params:
+                rate = weight_decay if decayed else 0.0
+                groups.append({"params": params, "lr": rates[role], "weight_decay": rate, "role": role})
+    return groups
+
+
+def _optimizer_cls_and_kwargs(trainer: Any, model: Any) -> tuple[Any, dict[str, Any]]:
+    preset = getattr(trainer, "optimizer_cls_and_kwargs", None)
+    if preset is not None:
+        return preset[0], dict(preset[1])
+    getter = trainer.get_optimizer_cls_and_kwargs
+    try:
+        inspect.signature(getter).bind(trainer.args, model)
+    except TypeError:
+        cls, kwargs = getter(trainer.args)
+    else:
+        cls, kwargs = getter(trainer.args, model)
+    return cls, dict(kwargs)
+
+
+def _is_factory(optimizer_cls: Any) -> bool:
+    try:
+        from transformers.trainer import is_optimizer_factory
+    except ImportError:
+        return False
+    return bool(is_optimizer_factory(optimizer_cls))
+
+
+def _keep_embeddings_32bit(model: Any, optimizer_cls: Any, kwargs: dict[str, Any]) -> None:
+    """bitsandbytes 8-bit optimizers: keep embeddings in 32-bit state, as transformers and LLaVA do."""
+    eight_bit = optimizer_cls.__name__ == "Adam8bit" or (
+        "bitsandbytes" in str(optimizer_cls) and kwargs.get("optim_bits") == 8
+    )
+    if not eight_bit:
+        return
+    import bitsandbytes
+    from torch import nn
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+
+
+def _make_optimizer_method(original: Callable[..., Any], config: ViFTLLaVAConfig) -> Callable[..., Any]:
+    def create_optimizer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.optimizer is None:
+            model = args[0] if args else kwargs.get("model")
+            model = self.model if model is None else model
+            optimizer_cls, optimizer_kwargs = _optimizer_cls_and_kwargs(self, model)
+            if _is_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+                logger.warning(
+                    "vift_llava: optim=%s builds its own parameter groups; per-role learning rates are not applied.",
+                    getattr(self.args, "optim", "?"),
+                )
+                return _call_compatibly(original, self, *args, **kwargs)
+            rates = role_learning_rates(self.args, config)
+            groups = role_param_groups(self, model, rates, config)
+            if not groups:
+                raise ValueError("vift_llava: the model has no trainable parameters.")
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            _keep_embeddings_32bit(model, optimizer_cls, optimizer_kwargs)
+            logger.info(
+                "vift_llava: learning rates vision %g, connector %g, language %g.",
+                rates["vision"],
+                rates["connector"],
+                rates["language"],
+            )
+        # The original returns the optimizer now that it is set (wrapping it where it does, e.g. SageMaker MP).
+        return _call_compatibly(original, self, *args, **kwargs)
+
+    create_optimizer.__doc__ = "ViFT (vift_llava): one optimizer group per role (vision/connector/language) and decay."
+    create_optimizer._vift_patch = True  # type: ignore[attr-defined]
+    return create_optimizer
+
+
+# --------------------------------------------------------------------------------------- patch handle
+
+_ACTIVE: list[LLaVAPatch] = []
+
+
+@dataclass(eq=False)
+class LLaVAPatch:
+    """An applied patch: ``remove()`` (or leaving a ``with`` block) restores the original methods exactly."""
+
+    trainer_cls: type
+    config: ViFTLLaVAConfig
+    target: Target | None
+    # (method name, whether the class defined it itself, the original class attribute)
+    saved: list[tuple[str, bool, Any]] = field(default_factory=list)
+    active: bool = True
+
+    def remove(self) -> None:
+        """Restore the originals; a second call does nothing."""
+        if not self.active:
+            return
+        for name, _, _ in self.saved:
+            current = self.trainer_cls.__dict__.get(name)
+            if not getattr(current, "_vift_patch", False):
+                raise ViFTPatchError(
+                    f"vift_llava: {self.trainer_cls.__qualname__}.{name} was replaced after the ViFT patch; "
+                    "remove that patch first."
+                )
+        for name, owned, original in self.saved:
+            if owned:
+                setattr(self.trainer_cls, name, original)
+            else:
+                delattr(self.trainer_cls, name)
+        self.active = False
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+    def __enter__(self) -> LLaVAPatch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def active_patches() -> list[LLaVAPatch]:
+    """Patches applied and not yet removed, oldest first."""
+    return list(_ACTIVE)
+
+
+def _check_config(config: ViFTLLaVAConfig) -> None:
+    for name in ("vision_lr", "connector_lr"):
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise ValueError(f"{name} must be a non-negative number or None, got {value!r}.")
+    if config.remainder not in ("drop", "fill"):
+        raise ValueError(f"remainder must be 'drop' or 'fill', got {config.remainder!r}.")
+    if config.length_window is not None and (not isinstance(config.length_window, int) or config.length_window < 1):
+        raise ValueError(f"length_window must be a positive int or None, got {config.length_window!r}.")
+    if not (config.sampler or config.optimizer):
+        raise ValueError("Nothing to patch: sampler and optimizer are both False.")
+
+
+def apply_vift_to_llava(
+    trainer_cls: type | str | None = None,
+    *,
+    target: str = "auto",
+    vision_lr: float | None = None,
+    connector_lr: float | None = None,
+    remainder: str = "drop",
+    length_window: int | None = 64,
+    sampler: bool = True,
+    optimizer: bool = True,
+    role_of: Callable[[str], str] | None = None,
+) -> LLaVAPatch:
+    """Patch a LLaVA-style trainer class for ViFT; returns a handle (also a context manager).
+
+    Args:
+        trainer_cls: the class to patch, or ``"module:Class"``; default: ``target``'s upstream class.
+        target: ``"llava"``, ``"bunny"`` or ``"auto"`` (the first of them that imports).
+        vision_lr: vision tower learning rate where the training arguments have no ``mm_vision_tower_lr``
+            (or it is ``None``); default ``learning_rate``.
+        connector_lr: connector learning rate where ``mm_projector_lr`` is ``None``; default ``learning_rate``.
+        remainder: ``"drop"`` or ``"fill"`` the samples of a modality that do not fill an optimizer step.
+        length_window: optimizer steps per length-sorting window (``None``: a whole modality).
+        sampler / optimizer: which of the two methods to replace.
+        role_of: ``name -> "vision" | "connector" | "language"`` in place of
+            :func:`vift_plugin.training.roles.parameter_role` (``mm_projector``, ``vision_tower``, ...).
+
+    Raises:
+        ViFTPatchError: a module, class or method is missing or incompatible, or the class is already patched.
+    """
+    config = ViFTLLaVAConfig(vision_lr, connector_lr, remainder, length_window, sampler, optimizer, role_of)
+    _check_config(config)
+    cls, spec = resolve_trainer_class(trainer_cls, target)
+    for name in PATCHED_METHODS:
+        if getattr(getattr(cls, name, None), "_vift_patch", False):
+            raise ViFTPatchError(
+                f"vift_llava: {cls.__qualname__}.{name} is already patched for ViFT; remove() the first "
+                "patch before applying another."
+            )
+    import vift_plugin.data.sampler  # noqa: F401  (fail now, not inside train(), when vift_plugin is missing)
+
+    handle = LLaVAPatch(cls, config, spec)
+    makers = {"_get_train_sampler": _make_sampler_method, "create_optimizer": _make_optimizer_method}
+    for name in PATCHED_METHODS:
+        if not getattr(config, "sampler" if name == "_get_train_sampler" else "optimizer"):
+            continue
+        owned = name in cls.__dict__
+        original_attr = cls.__dict__[name] if owned else None
+        replacement = makers[name](getattr(cls, name), config)
+        replacement.__name__ = replacement.__qualname__ = name
+        handle.saved.append((name, owned, original_attr))
+        setattr(cls, name, replacement)
+    _ACTIVE.append(handle)
+    logger.info("vift_llava: patched %s.%s (%s).", cls.__module__, cls.__qualname__, ", ".join(PATCHED_METHODS))
+    return handle
+
+
+apply = apply_vift_to_llava
+patch_llava_trainer = apply_vift_to_llava
+vift_llava_patch = apply_vift_to_llava
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def _part_lines(path: Path, root: Path | None) -> Iterator[str]:
+    """The JSON lines of a converted part; with ``root``, image paths made absolute under it."""
+    import json
+
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            if root is None:
+                yield line.rstrip("\n")
+            else:
+                record = json.loads(line)
+                if "image" in record:
+                    record["image"] = str((root / record["image"]).resolve())
+                yield json.dumps(record, ensure_ascii=False)
+
+
+def _chunks(lines: Iterable[str], size: int = 4096) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def write_llava_json(
+    output: str | os.PathLike[str],
+    *,
+    captions: Sequence[str | os.PathLike[str]] = (),
+    texts: Sequence[str | os.PathLike[str]] = (),
+    image_root: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    verify_images: bool = True,
+    skip_bad: bool = False,
+    absolute_image_paths: bool = False,
+) -> dict[str, int]:
+    """Write one LLaVA training file (``--data_path``) from caption files and text-instruction files.
+
+    Captions (LLaVA-Pretrain/ShareGPT4V, COCO, JSON/JSONL/CSV/TSV/Parquet tables; see ``vift convert
+    formats``) become ``{"id", "image", "conversations": [human "<image>\\n<request>", gpt caption]}``;
+    text instructions (ShareGPT, Alpaca, messages) become ``{"id", "conversations"}`` without ``image``,
+    so LLaVA's ``modality_lengths`` is negative for them. Image paths are relative to ``image_root``
+    (default: each caption file's folder), which is then LLaVA's ``--image_folder``; with
+    ``absolute_image_paths`` they are absolute. ``output`` ending in ``.json`` is one JSON list (what
+    LLaVA's ``json.load`` reads), ``.jsonl`` one record per line. Written atomically.
+
+    Returns ``{"captions": n, "texts": m}``, the records written of each kind.
+    """
+    from vift_plugin.data.captions import convert_caption_file
+    from vift_plugin.data.files import RecordWriter
+    from vift_plugin.data.instructions import convert_instruction_file
+
+    if not captions and not texts:
+        raise ValueError("Give at least one caption file or text-instruction file.")
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    counts = {"captions": 0, "texts": 0}
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".vift-llava-") as folder:
+        parts: list[tuple[Path, Path | None]] = []
+        for index, path in enumerate(captions):
+            part = Path(folder) / f"captions-{index}.jsonl"
+            root = Path(image_root) if image_root is not None else Path(path).resolve().parent
+            report = convert_caption_file(
+                path,
+                part,
+                output_format="llava",
+                image_root=root,
+                seed=seed,
+                verify_images=verify_images,
+                skip_bad=skip_bad,
+            )
+            counts["captions"] += report.written
+            parts.append((part, root if absolute_image_paths else None))
+        for index, path in enumerate(texts):
+            part = Path(folder) / f"texts-{index}.jsonl"
+            report = convert_instruction_file(path, part, output_format="llava", skip_bad=skip_bad)
+            counts["texts"] += report.written
+            parts.append((part, None))
+        with RecordWriter(target) as writer:
+            for part, part_root in parts:
+                for chunk in _chunks(_part_lines(part, part_root)):
+                    writer.write(chunk)
+    return counts
+
+
+# --------------------------------------------------------------------------------------- launcher
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Apply the patch, then run upstream ``train()`` with the remaining arguments."""
+    parser = argparse.ArgumentParser(
+        description="Run LLaVA/Bunny training with ViFT's sampler and per-role learning rates. Options other "
+        "than --vift-* go to the upstream train() unchanged.",
+    )
+    parser.add_argument("--vift-target", choices=["auto", *TARGETS], default="auto")
+    parser.add_argument("--vift-vision-lr", type=float, default=None)
+    parser.add_argument("--vift-connector-lr", type=float, default=None)
+    parser.add_argument("--vift-remainder", choices=["drop", "fill"], default="drop")
+    parser.add_argument("--vift-attn-implementation", default=None, help="e.g. flash_attention_2 (LLaVA only)")
+    ours, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    handle = apply(
+        target=ours.vift_target,
+        vision_lr=ours.vift_vision_lr,
+        connector_lr=ours.vift_connector_lr,
+        remainder=ours.vift_remainder,
+    )
+    package = (handle.target or TARGETS["llava"]).module.split(".")[0]
+    sys.argv = [sys.argv[0], *rest]
+    train = importlib.import_module(f"{package}.train.train").train
+    if ours.vift_attn_implementation is not None:
+        train(attn_implementation=ours.vift_attn_implementation)
+    else:
+        train()
+
+
+if __name__ == "__main__":
+    main()
