@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_convert_parser(sub)
 
+    from vift_plugin.evaluation.commands import add_eval_parsers
+
+    add_eval_parsers(sub)
+
     train = sub.add_parser(
         "train",
         help="fine-tune with ViFT (one run or the two stages of a YAML config)",

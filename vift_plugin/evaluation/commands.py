@@ -1,0 +1,218 @@
+"""``vift eval`` and ``vift sweep``. Heavy imports happen only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+FUSION_CONFIG_NAME = "vift_fusion_config.json"
+
+
+def is_vift_run(path: str | os.PathLike[str]) -> bool:
+    """A saved ViFT run (a LoRA adapter and/or a saved fusion config) rather than a plain checkpoint."""
+    return Path(path, ADAPTER_CONFIG_NAME).is_file() or Path(path, FUSION_CONFIG_NAME).is_file()
+
+
+def load_model(path: str, *, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any]:
+    """``(model, processor)`` for evaluation, on ``device`` (default: CUDA when available).
+
+    A saved ViFT run goes through :func:`~vift_plugin.training.load_vift` (adapter merged, fusion
+    enabled from its saved config); anything else is a plain checkpoint without fusion enabled.
+    """
+    import torch
+
+    from vift_plugin.evaluation.runner import default_device
+
+    torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+    if os.path.isdir(path) and is_vift_run(path):
+        from vift_plugin.training.model import load_vift
+
+        model, processor = load_vift(path, dtype=torch_dtype)
+    else:
+        from transformers import AutoModelForImageTextToText
+
+        from vift_plugin.processors import load_processor
+
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
+        processor = load_processor(path)
+    model.to(device or default_device())
+    model.eval()
+    return model, processor
+
+
+def parse_fusion_config(value: str) -> Any:
+    """A ``FusionConfig`` from a JSON file, a folder holding ``vift_fusion_config.json``, or inline JSON."""
+    from vift_plugin.config import FusionConfig
+
+    if value.lstrip().startswith("{"):
+        data = json.loads(value)
+        return FusionConfig.from_dict(data)
+    return FusionConfig.from_pretrained(value)
+
+
+def fusion_from_args(args: argparse.Namespace, model: Any) -> Any:
+    """``--fusion-config`` with ``--alpha``/``--beta`` applied; None leaves the model's own (or default) config."""
+    from vift_plugin.config import FusionConfig
+    from vift_plugin.fusion import fusion_config
+
+    config = parse_fusion_config(args.fusion_config) if args.fusion_config else None
+    changes = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
+    if changes:
+        config = (config or fusion_config(model) or FusionConfig()).replace(**changes)
+    return config
+
+
+def _markers(args: argparse.Namespace) -> Any:
+    from vift_plugin.evaluation.scoring import DEFAULT_MARKERS
+
+    if args.no_answer_marker:
+        return ()
+    return tuple(args.answer_marker) if args.answer_marker else DEFAULT_MARKERS
+
+
+def _default_output(kind: str, model: str, data: str) -> str:
+    return os.path.join(f"vift-{kind}", f"{Path(model).name or 'model'}-{Path(data).stem}")
+
+
+def _read_items(args: argparse.Namespace) -> Any:
+    from vift_plugin.evaluation.benchmark import read_benchmark
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    return read_benchmark(args.data, args.image_root, limit=args.limit)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from vift_plugin.evaluation.evaluator import evaluate, write_results
+
+    items = _read_items(args)
+    model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
+    result = evaluate(
+        model,
+        processor,
+        items,
+        modes=args.modes,
+        fusion=fusion_from_args(args, model),
+        answer_markers=_markers(args),
+        prompt_suffix=args.prompt_suffix,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_pixels=args.max_pixels,
+        progress=not args.no_progress,
+    )
+    output = args.output_dir or _default_output("eval", args.model, args.data)
+    paths = write_results(result, output)
+    if result.fusion is not None:
+        fusion = result.fusion
+        print(f"fusion: alpha={fusion.alpha:g} beta={fusion.beta:g} layers={fusion.layers or 'top half'}")
+    print(result.to_markdown(), end="")
+    print(f"wrote {paths['predictions']}, {paths['summary_json'].name} and {paths['summary_md'].name}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from vift_plugin.evaluation.grid_search import DEFAULT_BETAS, sweep
+
+    items = _read_items(args)
+    model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
+    base = parse_fusion_config(args.fusion_config) if args.fusion_config else None
+    output = args.output_dir or _default_output("sweep", args.model, args.data)
+    result = sweep(
+        model,
+        processor,
+        items,
+        alphas=args.alphas,
+        betas=args.betas or DEFAULT_BETAS,
+        first_layers=args.first_layers,
+        base_config=base,
+        answer_markers=_markers(args),
+        prompt_suffix=args.prompt_suffix,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_pixels=args.max_pixels,
+        output_dir=output,
+        progress=not args.no_progress,
+    )
+    print(result.to_markdown(), end="")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    best = result.best
+    print(
+        f"best: alpha={best.alpha:g} beta={best.beta:g} first layer={best.first_layer} "
+        f"accuracy={100 * best.accuracy:.1f}% -> {result.files['best_config']}"
+    )
+    print(f"wrote {output}")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="checkpoint folder or saved ViFT run (adapter / fusion config)")
+    parser.add_argument("--data", required=True, help="benchmark JSONL: image, question, [choices], answer, [id, type]")
+    parser.add_argument("--image-root", help="folder of relative image paths (default: the data file's folder)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N rows")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="greedy decoding length (default 64)")
+    parser.add_argument("--prompt-suffix", help="text appended to every prompt, e.g. an answer-format instruction")
+    parser.add_argument(
+        "--answer-marker",
+        nargs="+",
+        action="extend",
+        metavar="MARKER",
+        help="final-answer marker(s); the text after the last one is scored "
+        "(default: 'answer:', 'answer :', 'the answer is')",
+    )
+    parser.add_argument("--no-answer-marker", action="store_true", help="score the whole output (no markers)")
+    parser.add_argument("--max-pixels", type=int, help="downscale larger images to this many pixels")
+    parser.add_argument("--device", help="device to run on (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_eval_parsers(sub: Any) -> None:
+    """Add ``vift eval`` and ``vift sweep`` to the ``vift`` subcommands."""
+    evaluate = sub.add_parser(
+        "eval",
+        help="score plain vs fused answers on a benchmark JSONL",
+        description="Greedy answers to every benchmark row, plain and/or fused, scored by exact match or "
+        "multiple choice; writes predictions.jsonl, summary.json and summary.md and prints the summary.",
+    )
+    _common(evaluate)
+    evaluate.add_argument("--modes", nargs="+", choices=["plain", "fused"], default=["plain", "fused"])
+    evaluate.add_argument(
+        "--fusion-config",
+        metavar="JSON_OR_DIR",
+        help="fusion settings for the fused mode: a JSON file (e.g. best_fusion_config.json), a folder with "
+        "vift_fusion_config.json, or inline JSON (default: the run's saved config, else the defaults)",
+    )
+    evaluate.add_argument("--alpha", type=float, help="override alpha of the fused mode")
+    evaluate.add_argument("--beta", type=float, help="override beta of the fused mode")
+    evaluate.add_argument("--output-dir", help="where to write results (default: vift-eval/MODEL-DATA)")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    grid = sub.add_parser(
+        "sweep",
+        help="grid-search alpha x beta x first fused layer on a dev benchmark",
+        description="Fused accuracy at every grid point (layers = first..last), plain accuracy as the reference; "
+        "writes sweep.jsonl, sweep.md, a heatmap PNG per alpha and best_fusion_config.json.",
+    )
+    _common(grid)
+    grid.add_argument("--alphas", nargs="+", type=float, default=[1.0], help="alpha values (default 1.0)")
+    grid.add_argument("--betas", nargs="+", type=float, help="beta values (default: 0 0.05 0.1 0.15 0.2 0.3)")
+    grid.add_argument(
+        "--first-layers",
+        nargs="+",
+        type=int,
+        help="first fused decoder layer(s), negative from the end (default: a quarter, half, three quarters)",
+    )
+    grid.add_argument(
+        "--fusion-config", metavar="JSON_OR_DIR", help="base settings (mode, tokens, layers_path) for every point"
+    )
+    grid.add_argument("--output-dir", help="where to write results (default: vift-sweep/MODEL-DATA)")
+    grid.set_defaults(func=_cmd_sweep)

@@ -1,0 +1,220 @@
+"""Batched greedy generation over benchmark items, plain or ability-fused.
+
+Each item becomes one user turn (its image, then the question with lettered options and an optional
+suffix), rendered by the processor's chat template and encoded with left padding; only the new
+tokens are decoded. The caller places the model (on CUDA when it has one); inputs follow the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from vift_plugin.config import FusionConfig
+from vift_plugin.evaluation.benchmark import LETTERS, BenchmarkItem
+
+Messages = list[dict[str, Any]]
+PromptBuilder = Callable[[BenchmarkItem], "str | Messages"]
+
+
+def build_prompt(item: BenchmarkItem, prompt_suffix: str | None = None) -> str:
+    """The text of the user turn: the question, the options as ``A. text`` lines, then ``prompt_suffix``."""
+    lines = [item.question.strip()]
+    if item.choices:
+        lines += [f"{LETTERS[i]}. {choice}" for i, choice in enumerate(item.choices)]
+    if prompt_suffix:
+        lines.append(prompt_suffix)
+    return "\n".join(lines)
+
+
+def build_messages(text: str) -> Messages:
+    """One user turn: an image part, then the text part."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+
+def item_messages(
+    item: BenchmarkItem, prompt_suffix: str | None = None, prompt_builder: PromptBuilder | None = None
+) -> Messages:
+    """The chat messages of ``item``; ``prompt_builder(item)`` may return the text or whole messages."""
+    built: str | Messages = prompt_builder(item) if prompt_builder else build_prompt(item, prompt_suffix)
+    return build_messages(built) if isinstance(built, str) else built
+
+
+def model_device(model: Any) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
+    """A tqdm bar when tqdm is installed and ``enabled``, else an object with no-op ``update``/``close``."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(total=total, desc=desc, unit="item", leave=False)
+        except ImportError:
+            pass
+    return _NoBar()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def batches(items: Sequence[BenchmarkItem], batch_size: int) -> Iterator[Sequence[BenchmarkItem]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+def encode_batch(
+    processor: Any,
+    items: Sequence[BenchmarkItem],
+    *,
+    prompt_suffix: str | None = None,
+    prompt_builder: PromptBuilder | None = None,
+    max_pixels: int | None = None,
+) -> Any:
+    """The processor's left-padded encoding of ``items`` (chat template with a generation prompt)."""
+    from vift_plugin.data.images import load_image
+
+    texts = [
+        processor.apply_chat_template(
+            item_messages(item, prompt_suffix, prompt_builder), add_generation_prompt=True, tokenize=False
+        )
+        for item in items
+    ]
+    images = [[load_image(item.image, max_pixels=max_pixels)] for item in items]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    side = getattr(tokenizer, "padding_side", None)
+    tokenizer.padding_side = "left"
+    try:
+        return processor(text=texts, images=images, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
+
+
+def to_model(batch: Any, model: Any) -> dict[str, Any]:
+    """Tensors moved to the model's device; floating tensors (pixels) cast to its dtype."""
+    device = model_device(model)
+    dtype = getattr(model, "dtype", None)
+    moved: dict[str, Any] = {}
+    for key, value in dict(batch).items():
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+                value = value.to(device=device, dtype=dtype)
+            else:
+                value = value.to(device)
+        moved[key] = value
+    return moved
+
+
+def generate_batch(
+    model: Any,
+    processor: Any,
+    inputs: dict[str, Any],
+    *,
+    max_new_tokens: int = 64,
+    generate_kwargs: dict[str, Any] | None = None,
+) -> list[str]:
+    """Greedy ``model.generate`` on encoded ``inputs``; the new tokens of each row, decoded."""
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1}
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if getattr(model.generation_config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        kwargs["pad_token_id"] = tokenizer.pad_token_id
+    kwargs.update(generate_kwargs or {})
+    with torch.no_grad():
+        output = model.generate(**inputs, **kwargs)
+    sequences = output.sequences if hasattr(output, "sequences") else output
+    new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
+    decoded: list[str] = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [text.strip() for text in decoded]
+
+
+@contextmanager
+def fusion_mode(
+    model: Any, processor: Any, fused: bool, fusion: FusionConfig | None = None
+) -> Iterator[dict[str, Any]]:
+    """Set ``model`` up for one mode; yields the extra ``generate`` keywords of that mode.
+
+    Plain: ``vift=False`` when fusion is enabled on the model, nothing otherwise. Fused: ``fusion``
+    applied for the duration (the previous state restored afterwards), else the model's own config
+    (e.g. from :func:`~vift_plugin.training.load_vift`), else ``FusionConfig()``.
+    """
+    from vift_plugin.fusion import fusion_config, vift_fusion
+
+    enabled = fusion_config(model) is not None
+    if not fused:
+        yield {"vift": False} if enabled else {}
+    elif fusion is None and enabled:
+        yield {}
+    else:
+        with vift_fusion(model, fusion or FusionConfig(), processor=processor):
+            yield {}
+
+
+def active_fusion(model: Any, fusion: FusionConfig | None) -> FusionConfig:
+    """The config a fused run of :func:`generate_answers` uses."""
+    from vift_plugin.fusion import fusion_config
+
+    return fusion or fusion_config(model) or FusionConfig()
+
+
+def generate_answers(
+    model: Any,
+    processor: Any,
+    items: Sequence[BenchmarkItem],
+    *,
+    fused: bool,
+    fusion: FusionConfig | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    prompt_suffix: str | None = None,
+    prompt_builder: PromptBuilder | None = None,
+    max_pixels: int | None = None,
+    generate_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> list[str]:
+    """The decoded greedy answer of ``model`` to every item, plain or fused (see :func:`fusion_mode`)."""
+    answers: list[str] = []
+    bar = progress_bar(len(items), desc or ("fused" if fused else "plain"), progress)
+    try:
+        with fusion_mode(model, processor, fused, fusion) as mode_kwargs:
+            for chunk in batches(items, batch_size):
+                inputs = to_model(
+                    encode_batch(
+                        processor,
+                        chunk,
+                        prompt_suffix=prompt_suffix,
+                        prompt_builder=prompt_builder,
+                        max_pixels=max_pixels,
+                    ),
+                    model,
+                )
+                answers += generate_batch(
+                    model,
+                    processor,
+                    inputs,
+                    max_new_tokens=max_new_tokens,
+                    generate_kwargs={**(generate_kwargs or {}), **mode_kwargs},
+                )
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+    return answers
