@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parsers(sub)
 
+    from vift_plugin.toy.commands import add_demo_parser
+
+    add_demo_parser(sub)
+
     train = sub.add_parser(
         "train",
         help="fine-tune with ViFT (one run or the two stages of a YAML config)",

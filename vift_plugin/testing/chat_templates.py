@@ -120,3 +120,5 @@ MISTRAL3 = (
     "{%- else -%}{{ text_of(message) + eos_token }}{%- endif -%}"
     "{%- endfor -%}"
 )
+
+QWEN2_VL_NO_SYSTEM = _chatml("<|vision_start|><|image_pad|><|vision_end|>", None)

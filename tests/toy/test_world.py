@@ -1,0 +1,117 @@
+"""The shapes world: deterministic files, held-out scenes, pictures that show what the words say."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vift_plugin.toy.checkpoint import make_word_tokenizer
+from vift_plugin.toy.data import ANSWER_MARKER, WorldSizes, write_world
+from vift_plugin.toy.world import BACKGROUND, CELL, COLOURS, GRID, IMAGE_SIZE, questions, random_scene
+
+SMALL = WorldSizes(captions=30, texts=40, visual_instructions=20, test=25)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
+    write_world(tmp_path / "a", SMALL, seed=3)
+    write_world(tmp_path / "b", SMALL, seed=3)
+    write_world(tmp_path / "c", SMALL, seed=4)
+    a, b, c = (digest(tmp_path / x) for x in "abc")
+    assert a == b
+    assert len(a) == 30 + 20 + 25 + 5
+    assert a != c and a.keys() == c.keys()
+
+
+def test_counts_and_held_out_scenes(tmp_path: Path) -> None:
+    files = write_world(tmp_path, SMALL, seed=0)
+    counts = {name: len(rows(path)) for name, path in files.items()}
+    assert counts == {"captions": 30, "text": 40, "visual_instructions": 20, "test": 25}
+    test_scenes = {row["caption"] for row in rows(files["test"])}
+    trained = {row["messages"][1]["content"][0]["text"] for row in rows(files["captions"])}
+    for row in rows(files["text"]):
+        response = row["messages"][1]["content"][0]["text"]
+        trained.add(response.removeprefix("scene: ").split(f" {ANSWER_MARKER}")[0])
+    assert len(trained) > 60 and trained.isdisjoint(test_scenes)
+    for row in rows(files["text"]):
+        assert row["images"] == [] and ANSWER_MARKER in row["messages"][1]["content"][0]["text"]
+    for row in rows(files["test"]):
+        assert (tmp_path / row["image"]).is_file() and row["type"] in ("colour", "shape", "position", "count")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_picture_shows_the_described_colours_in_their_cells(seed: int) -> None:
+    scene = random_scene(random.Random(seed))
+    image = scene.render()
+    assert image.size == (IMAGE_SIZE, IMAGE_SIZE) and image.mode == "RGB"
+    occupied = {s.cell: s for s in scene.shapes}
+    for cell in range(GRID * GRID):
+        row, col = divmod(cell, GRID)
+        box = image.crop((col * CELL, row * CELL, (col + 1) * CELL, (row + 1) * CELL))
+        colours = {c for _, c in box.getcolors(CELL * CELL) or []}
+        if cell in occupied:
+            assert COLOURS[occupied[cell].colour] in colours
+        else:
+            assert colours == {BACKGROUND}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_questions_have_the_scene_answers(seed: int) -> None:
+    scene = random_scene(random.Random(seed))
+    for q in questions(scene):
+        if q.type == "count" and q.text == "how many shapes are there?":
+            assert q.answer == ("zero", "one", "two", "three")[len(scene.shapes)]
+        elif q.type == "colour":
+            kind = q.text.removeprefix("what colour is the ").removesuffix("?")
+            assert [s.colour for s in scene.shapes if s.kind == kind] == [q.answer]
+        elif q.type == "position":
+            assert any(q.text == f"where is the {s.colour} {s.kind}?" and s.position == q.answer for s in scene.shapes)
+
+
+def test_word_tokenizer_knows_every_word_and_round_trips(tmp_path: Path) -> None:
+    files = write_world(tmp_path, SMALL, seed=1)
+    tokenizer = make_word_tokenizer()
+    for path in files.values():
+        for row in rows(path):
+            texts = [p["text"] for m in row.get("messages", []) for p in m["content"] if p["type"] == "text"]
+            texts += [row[k] for k in ("question", "answer", "caption") if k in row]
+            for text in texts:
+                ids = tokenizer(text)["input_ids"]
+                assert tokenizer.unk_token_id not in ids, text
+                assert tokenizer.decode(ids).split() == text.replace(",", " ,").replace(".", " .").replace(
+                    "?", " ?"
+                ).replace(":", " :").split()
+
+
+def test_checkpoint_loads_like_a_downloaded_one(tmp_path: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from vift_plugin import load_processor
+    from vift_plugin.toy.checkpoint import make_world_checkpoint
+
+    path = make_world_checkpoint(tmp_path / "ckpt", "tiny")
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = load_processor(path)
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe the scene."}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    picture = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
+    batch = processor(text=[text], images=[picture], return_tensors="pt")
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == GRID * GRID
+    assert model(**batch).logits.shape[-1] == model.config.text_config.vocab_size

@@ -1,0 +1,134 @@
+"""The shapes-world training and evaluation files, written as the chat records the rest of the plugin reads.
+
+``write_world(root, sizes)`` writes under ``root``:
+
+- ``captions.jsonl``: image + caption request -> caption (visual perception; ViFT trains on it);
+- ``text.jsonl``: scene *text* + question -> the scene restated, then ``answer: X`` (task solving; ViFT
+  trains on it). The scene text sits where the image sits in the visual prompts;
+- ``visual_instructions.jsonl``: image + question -> ``answer: X`` (the baseline's data; ViFT never sees it);
+- ``test.jsonl``: held-out visual QA over scenes absent from every training file, in ``vift eval`` format;
+- ``images/``: the PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vift_plugin.data.files import atomic_output
+from vift_plugin.data.schema import caption_messages, image_part, text_part
+from vift_plugin.toy.world import Question, Scene, pick_question, scenes
+
+CAPTION_REQUEST = "describe the scene."
+ANSWER_MARKER = "answer:"
+FACTS_MARKER = "scene:"
+
+
+@dataclass(frozen=True)
+class WorldSizes:
+    """How many records of each kind ``write_world`` makes."""
+
+    captions: int = 6000
+    texts: int = 16000
+    visual_instructions: int = 6000
+    test: int = 400
+
+    @classmethod
+    def quick(cls) -> WorldSizes:
+        return cls(captions=800, texts=2400, visual_instructions=800, test=120)
+
+
+def question_prompt(question: Question) -> str:
+    return f"question: {question.text}"
+
+
+def qa_messages(question: Question, scene: str | None, response: str) -> list[dict[str, Any]]:
+    """The question, then the scene (its text, or the image when ``scene`` is None), then the request."""
+    if scene is None:
+        content = [text_part(question_prompt(question)), image_part(), text_part(CAPTION_REQUEST)]
+    else:
+        content = [text_part(f"{question_prompt(question)} {scene} {CAPTION_REQUEST}")]
+    return [{"role": "user", "content": content}, {"role": "assistant", "content": [text_part(response)]}]
+
+
+def text_instruction(scene: Scene, question: Question) -> dict[str, Any]:
+    """Question + scene words + request -> ``scene:`` + the scene restated + ``answer: X``."""
+    caption = scene.describe()
+    response = f"{FACTS_MARKER} {caption} {ANSWER_MARKER} {question.answer}"
+    return {"messages": qa_messages(question, caption, response), "images": []}
+
+
+def visual_instruction(image: str, question: Question) -> dict[str, Any]:
+    """Question + image + request -> ``answer: X``: the baseline's visual instruction."""
+    return {"messages": qa_messages(question, None, f"{ANSWER_MARKER} {question.answer}"), "images": [image]}
+
+
+def write_world(root: str | os.PathLike[str], sizes: WorldSizes | None = None, seed: int = 0) -> dict[str, Path]:
+    """Write the shapes world under ``root`` (deterministic in ``seed``); return the files by name."""
+    sizes = sizes or WorldSizes()
+    folder = Path(root)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+
+    def save(scene: Scene, name: str) -> str:
+        path = f"images/{name}.png"
+        scene.render().save(folder / path)
+        return path
+
+    test_rows, held_out = [], set()
+    for i, scene in zip(range(sizes.test), scenes(seed + 1), strict=False):
+        held_out.add(scene.key)
+        question = pick_question(scene, rng)
+        test_rows.append(
+            {
+                "id": f"test-{i}",
+                "image": save(scene, f"test-{i}"),
+                "question": question_prompt(question),
+                "answer": question.answer,
+                "type": question.type,
+                "caption": scene.describe(),
+            }
+        )
+    train = scenes(seed + 2, exclude=held_out)
+    caption_rows = []
+    for i, scene in zip(range(sizes.captions), train, strict=False):
+        caption_rows.append(
+            {
+                "id": f"cap-{i}",
+                "messages": caption_messages(CAPTION_REQUEST, scene.describe()),
+                "images": [save(scene, f"cap-{i}")],
+            }
+        )
+    text_rows = []
+    for i, scene in zip(range(sizes.texts), train, strict=False):
+        text_rows.append({"id": f"text-{i}", **text_instruction(scene, pick_question(scene, rng))})
+    visual_rows = []
+    for i, scene in zip(range(sizes.visual_instructions), train, strict=False):
+        row = visual_instruction(save(scene, f"vqa-{i}"), pick_question(scene, rng))
+        visual_rows.append({"id": f"vqa-{i}", **row})
+    files = {
+        "captions": folder / "captions.jsonl",
+        "text": folder / "text.jsonl",
+        "visual_instructions": folder / "visual_instructions.jsonl",
+        "test": folder / "test.jsonl",
+    }
+    for name, rows in (
+        ("captions", caption_rows),
+        ("text", text_rows),
+        ("visual_instructions", visual_rows),
+        ("test", test_rows),
+    ):
+        with atomic_output(files[name]) as handle:
+            handle.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    (folder / "sizes.json").write_text(json.dumps({"seed": seed, **asdict(sizes)}, sort_keys=True), encoding="utf-8")
+    return files
+
+
+def visual_question_prompt(item: Any) -> list[dict[str, Any]]:
+    """``vift_plugin.evaluation`` prompt builder for ``test.jsonl``: question, image, request (as trained)."""
+    content = [text_part(item.question), image_part(), text_part(CAPTION_REQUEST)]
+    return [{"role": "user", "content": content}]
