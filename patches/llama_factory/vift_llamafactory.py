@@ -42,11 +42,23 @@ import json
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from vift_plugin.training.roles import role_param_groups as _role_param_groups
+from vift_plugin.training.upstream import (
+    MethodPatch,
+    PatchError,
+    call_compatibly,
+    check_unpatched,
+    create_role_optimizer,
+    decay_parameter_names,
+    has_length,
+    mark_patched,
+    named_roles,
+)
 
 __all__ = [
     "ENV_VARS",
@@ -96,7 +108,7 @@ TARGETS: dict[str, Target] = {
 }
 
 
-class ViFTPatchError(RuntimeError):
+class ViFTPatchError(PatchError):
     """A symbol the patch needs is missing or incompatible, or the patch is applied twice."""
 
 
@@ -332,7 +344,7 @@ def _count(value: Any) -> int:
 def _has_any_column(dataset: Any, columns: Sequence[str]) -> bool:
     names = _column_names(dataset)
     if names is None:
-        first = dataset[0] if _has_length(dataset) and len(dataset) else None
+        first = dataset[0] if has_length(dataset) and len(dataset) else None
         names = list(first) if isinstance(first, dict) else []
     return any(column in names for column in columns)
 
@@ -347,9 +359,8 @@ def dataset_modalities(dataset: Any, visual_columns: Sequence[str]) -> list[str]
 
 def build_sampler(trainer: Any, dataset: Any, config: ViFTLlamaFactoryConfig) -> Any:
     """The :class:`ModalityGroupedSampler` the patched ``_get_train_sampler`` returns."""
-    from vift_plugin.data.sampler import ModalityGroupedSampler
+    from vift_plugin.data.sampler import sampler_for_trainer
 
-    args = trainer.args
     modalities = dataset_modalities(dataset, config.visual_columns)
     if modalities is None:
         logger.warning(
@@ -358,60 +369,35 @@ def build_sampler(trainer: Any, dataset: Any, config: ViFTLlamaFactoryConfig) ->
         )
         modalities = ["text"] * len(dataset)
     lengths = _list_lengths(dataset, "input_ids")
-    batch_size = (
-        getattr(trainer, "_train_batch_size", None)
-        or getattr(args, "train_batch_size", None)
-        or args.per_device_train_batch_size
-    )
-    data_seed = getattr(args, "data_seed", None)
-    return ModalityGroupedSampler(
+    return sampler_for_trainer(
+        trainer,
         modalities,
         lengths,
-        batch_size=int(batch_size),
-        world_size=int(getattr(args, "world_size", 1) or 1),
-        gradient_accumulation_steps=int(getattr(args, "gradient_accumulation_steps", 1) or 1),
-        seed=int(data_seed if data_seed is not None else args.seed),
         remainder=config.remainder,  # type: ignore[arg-type]
         length_window=config.length_window,
     )
 
 
-def _has_length(dataset: Any) -> bool:
-    try:
-        return len(dataset) is not None
-    except TypeError:
-        return False
-
-
-def _call_compatibly(function: Callable[..., Any], owner: Any, *args: Any, **kwargs: Any) -> Any:
-    """``function(owner, *args, **kwargs)``, or ``function(owner)`` when it does not take those arguments."""
-    try:
-        inspect.signature(function).bind(owner, *args, **kwargs)
-    except TypeError:
-        return function(owner)
-    return function(owner, *args, **kwargs)
-
-
 def _make_sampler_method(original: Callable[..., Any], config: ViFTLlamaFactoryConfig) -> Callable[..., Any]:
     def _get_train_sampler(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not config.group_by_modality:
-            return _call_compatibly(original, self, *args, **kwargs)
+            return call_compatibly(original, self, *args, **kwargs)
         if getattr(getattr(self, "finetuning_args", None), "disable_shuffling", False):
             logger.warning("vift_llamafactory: disable_shuffling is set; keeping the dataset order (no ViFT grouping).")
-            return _call_compatibly(original, self, *args, **kwargs)
+            return call_compatibly(original, self, *args, **kwargs)
         dataset = args[0] if args else kwargs.get("train_dataset")
         if dataset is None:
             dataset = self.train_dataset
-        if dataset is None or not _has_length(dataset):
-            return _call_compatibly(original, self, *args, **kwargs)
+        if dataset is None or not has_length(dataset):
+            return call_compatibly(original, self, *args, **kwargs)
         own = self.train_dataset
         if own is not None and own is not dataset and not _has_any_column(dataset, config.visual_columns):
             dataset = own  # transformers dropped the unused columns from the copy it passed
         return build_sampler(self, dataset, config)
 
-    _get_train_sampler.__doc__ = "ViFT (vift_llamafactory): a ModalityGroupedSampler (image vs text-only samples)."
-    _get_train_sampler._vift_patch = True  # type: ignore[attr-defined]
-    return _get_train_sampler
+    return mark_patched(
+        _get_train_sampler, "ViFT (vift_llamafactory): a ModalityGroupedSampler (image vs text-only samples)."
+    )
 
 
 # --------------------------------------------------------------------------------------- optimizer
@@ -424,79 +410,21 @@ def role_learning_rates(args: Any, config: ViFTLlamaFactoryConfig) -> dict[str, 
     return {role: base if rate is None else float(rate) for role, rate in rates.items()}
 
 
-def _named_roles(model: Any, config: ViFTLlamaFactoryConfig) -> dict[str, list[tuple[str, Any]]]:
-    if config.role_of is None:
-        from vift_plugin.training.roles import parameters_by_role
-
-        return {str(role): named for role, named in parameters_by_role(model).items()}
-    groups: dict[str, list[tuple[str, Any]]] = {role: [] for role in ROLES}
-    for name, parameter in model.named_parameters():
-        role = config.role_of(name)
-        if role not in groups:
-            raise ValueError(f"vift_llamafactory: role_of({name!r}) returned {role!r}; expected one of {ROLES}.")
-        groups[role].append((name, parameter))
-    return groups
-
-
-def _decay_parameter_names(trainer: Any, model: Any) -> set[str]:
-    rule = getattr(trainer, "get_decay_parameter_names", None)
-    if rule is not None:
-        return set(rule(model))
-    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
-    from transformers.trainer_pt_utils import get_parameter_names
-
-    return {name for name in get_parameter_names(model, ALL_LAYERNORM_LAYERS) if "bias" not in name}
-
-
 def role_param_groups(
     trainer: Any, model: Any, rates: dict[str, float], config: ViFTLlamaFactoryConfig
 ) -> list[dict[str, Any]]:
     """One optimizer group per (role, decay) holding trainable parameters, each tagged with ``role``."""
-    decay = _decay_parameter_names(trainer, model)
-    weight_decay = float(trainer.args.weight_decay)
-    groups = []
-    for role, named in _named_roles(model, config).items():
-        for decayed in (True, False):
-            params = [p for n, p in named if p.requires_grad and (n in decay) == decayed]
-            if params:
-                rate = weight_decay if decayed else 0.0
-                groups.append({"params": params, "lr": rates[role], "weight_decay": rate, "role": role})
-    return groups
+    return _role_param_groups(
+        named_roles(model, config.role_of, "vift_llamafactory"),
+        decay_parameter_names(trainer, model),
+        float(trainer.args.weight_decay),
+        rates,
+    )
 
 
-def _optimizer_cls_and_kwargs(trainer: Any, model: Any) -> tuple[Any, dict[str, Any]]:
-    preset = getattr(trainer, "optimizer_cls_and_kwargs", None)
-    if preset is not None:
-        return preset[0], dict(preset[1])
-    getter = trainer.get_optimizer_cls_and_kwargs
-    try:
-        inspect.signature(getter).bind(trainer.args, model)
-    except TypeError:
-        cls, kwargs = getter(trainer.args)
-    else:
-        cls, kwargs = getter(trainer.args, model)
-    return cls, dict(kwargs)
-
-
-def _is_factory(optimizer_cls: Any) -> bool:
-    try:
-        from transformers.trainer import is_optimizer_factory
-    except ImportError:
-        return False
-    return bool(is_optimizer_factory(optimizer_cls))
-
-
-def _keep_embeddings_32bit(model: Any, optimizer_cls: Any, kwargs: dict[str, Any]) -> None:
-    """bitsandbytes 8-bit optimizers: keep embeddings in 32-bit state, as transformers does."""
-    if not ("bitsandbytes" in str(optimizer_cls) and kwargs.get("optim_bits") == 8):
-        return
-    import bitsandbytes
-    from torch import nn
-
-    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            manager.register_module_override(module, "weight", {"optim_bits": 32})
+def _is_8bit(optimizer_cls: Any, kwargs: dict[str, Any]) -> bool:
+    """bitsandbytes 8-bit optimizers keep embeddings in 32-bit state, as transformers does."""
+    return "bitsandbytes" in str(optimizer_cls) and kwargs.get("optim_bits") == 8
 
 
 def _make_optimizer_method(original: Callable[..., Any], config: ViFTLlamaFactoryConfig) -> Callable[..., Any]:
@@ -516,32 +444,23 @@ def _make_optimizer_method(original: Callable[..., Any], config: ViFTLlamaFactor
                 )
                 self.optimizer = custom
             else:
-                optimizer_cls, optimizer_kwargs = _optimizer_cls_and_kwargs(self, model)
-                if _is_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
-                    logger.warning(
-                        "vift_llamafactory: optim=%s builds its own parameter groups; per-module learning rates "
-                        "are not applied.",
-                        getattr(self.args, "optim", "?"),
-                    )
-                    return _call_compatibly(original, self, *args, **kwargs)
-                rates = role_learning_rates(self.args, config)
-                groups = role_param_groups(self, model, rates, config)
-                if not groups:
-                    raise ValueError("vift_llamafactory: the model has no trainable parameters.")
-                self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-                _keep_embeddings_32bit(model, optimizer_cls, optimizer_kwargs)
-                logger.info(
-                    "vift_llamafactory: learning rates vision %g, connector %g, language %g.",
-                    rates["vision"],
-                    rates["connector"],
-                    rates["language"],
+                optimizer = create_role_optimizer(
+                    self,
+                    model,
+                    lambda: role_learning_rates(self.args, config),
+                    lambda rates: role_param_groups(self, model, rates, config),
+                    logger=logger,
+                    owner="vift_llamafactory",
+                    unapplied="per-module learning rates",
+                    eight_bit=_is_8bit,
                 )
+                if optimizer is None:
+                    return call_compatibly(original, self, *args, **kwargs)
+                self.optimizer = optimizer
         # The original sees the optimizer set and returns it (through Trainer.create_optimizer's wrapping).
-        return _call_compatibly(original, self, *args, **kwargs)
+        return call_compatibly(original, self, *args, **kwargs)
 
-    create_optimizer.__doc__ = "ViFT (vift_llamafactory): one optimizer group per module role and decay."
-    create_optimizer._vift_patch = True  # type: ignore[attr-defined]
-    return create_optimizer
+    return mark_patched(create_optimizer, "ViFT (vift_llamafactory): one optimizer group per module role and decay.")
 
 
 # --------------------------------------------------------------------------------------- patch handle
@@ -550,42 +469,18 @@ _ACTIVE: list[LlamaFactoryPatch] = []
 
 
 @dataclass(eq=False)
-class LlamaFactoryPatch:
+class LlamaFactoryPatch(MethodPatch):
     """An applied patch: ``remove()`` (or leaving a ``with`` block) restores the original methods exactly."""
 
     config: ViFTLlamaFactoryConfig
-    # (class, method name, whether the class defined it itself, the original class attribute)
-    saved: list[tuple[type, str, bool, Any]] = field(default_factory=list)
-    active: bool = True
+
+    owner: ClassVar[str] = "vift_llamafactory"
+    error: ClassVar[type[Exception]] = ViFTPatchError
+    registry: ClassVar[list[Any]] = _ACTIVE
 
     @property
     def trainer_classes(self) -> list[type]:
         return list(dict.fromkeys(cls for cls, _, _, _ in self.saved))
-
-    def remove(self) -> None:
-        """Restore the originals; a second call does nothing."""
-        if not self.active:
-            return
-        for cls, name, _, _ in self.saved:
-            if not getattr(cls.__dict__.get(name), "_vift_patch", False):
-                raise ViFTPatchError(
-                    f"vift_llamafactory: {cls.__qualname__}.{name} was replaced after the ViFT patch; "
-                    "remove that patch first."
-                )
-        for cls, name, owned, original in self.saved:
-            if owned:
-                setattr(cls, name, original)
-            else:
-                delattr(cls, name)
-        self.active = False
-        if self in _ACTIVE:
-            _ACTIVE.remove(self)
-
-    def __enter__(self) -> LlamaFactoryPatch:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
 
 
 def active_patches() -> list[LlamaFactoryPatch]:
@@ -639,23 +534,14 @@ def apply_vift_to_llamafactory(
     classes = resolve_trainer_classes(trainer_classes)
     _custom_optimizer_factory()
     for cls in classes:
-        for name in PATCHED_METHODS:
-            if getattr(getattr(cls, name, None), "_vift_patch", False):
-                raise ViFTPatchError(
-                    f"vift_llamafactory: {cls.__qualname__}.{name} is already patched for ViFT; remove() the first "
-                    "patch before applying another."
-                )
+        check_unpatched(cls, PATCHED_METHODS, "vift_llamafactory", ViFTPatchError)
     import vift_plugin.data.sampler  # noqa: F401  (fail now, not inside training, when vift_plugin is missing)
 
     handle = LlamaFactoryPatch(config)
     makers = {"_get_train_sampler": _make_sampler_method, "create_optimizer": _make_optimizer_method}
     for cls in classes:
         for name in PATCHED_METHODS:
-            owned = name in cls.__dict__
-            replacement = makers[name](getattr(cls, name), config)
-            replacement.__name__ = replacement.__qualname__ = name
-            handle.saved.append((cls, name, owned, cls.__dict__[name] if owned else None))
-            setattr(cls, name, replacement)
+            handle.replace(cls, name, makers[name](getattr(cls, name), config))
     _ACTIVE.append(handle)
     logger.info(
         "vift_llamafactory: patched %s; learning rates vision=%s connector=%s language=%s, grouping %s.",
@@ -676,31 +562,6 @@ vift_llamafactory_patch = apply_vift_to_llamafactory
 # --------------------------------------------------------------------------------------- data
 
 
-def _absolute_lines(path: Path, root: Path | None) -> Iterator[str]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            if root is None:
-                yield line.rstrip("\n")
-                continue
-            record = json.loads(line)
-            if "image" in record:
-                record["image"] = str((root / record["image"]).resolve())
-            yield json.dumps(record, ensure_ascii=False)
-
-
-def _chunks(lines: Iterable[str], size: int = 4096) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def write_llamafactory_dataset(
     dataset_dir: str | os.PathLike[str],
     name: str = "vift_mix",
@@ -719,39 +580,20 @@ def write_llamafactory_dataset(
     ``dataset_info.json`` are kept. Use it as ``dataset: {name}`` with ``dataset_dir: {dataset_dir}``.
     Returns ``{"captions": n, "texts": m}``.
     """
-    from vift_plugin.data.captions import convert_caption_file
-    from vift_plugin.data.files import RecordWriter, atomic_output
-    from vift_plugin.data.instructions import convert_instruction_file
+    from vift_plugin.data.files import atomic_output, write_llava_records
 
-    if not captions and not texts:
-        raise ValueError("Give at least one caption file or text-instruction file.")
     folder = Path(dataset_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    counts = {"captions": 0, "texts": 0}
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".vift-lf-") as scratch:
-        parts: list[tuple[Path, Path | None]] = []
-        for index, path in enumerate(captions):
-            part = Path(scratch) / f"captions-{index}.jsonl"
-            root = Path(image_root) if image_root is not None else Path(path).resolve().parent
-            report = convert_caption_file(
-                path,
-                part,
-                output_format="llava",
-                image_root=root,
-                seed=seed,
-                verify_images=verify_images,
-                skip_bad=skip_bad,
-            )
-            counts["captions"] += report.written
-            parts.append((part, root))
-        for index, path in enumerate(texts):
-            part = Path(scratch) / f"texts-{index}.jsonl"
-            counts["texts"] += convert_instruction_file(path, part, output_format="llava", skip_bad=skip_bad).written
-            parts.append((part, None))
-        with RecordWriter(folder / f"{name}.json") as writer:
-            for part, part_root in parts:
-                for chunk in _chunks(_absolute_lines(part, part_root)):
-                    writer.write(chunk)
+    counts = write_llava_records(
+        folder / f"{name}.json",
+        captions=captions,
+        texts=texts,
+        image_root=image_root,
+        seed=seed,
+        verify_images=verify_images,
+        skip_bad=skip_bad,
+        absolute_image_paths=True,
+        scratch_prefix=".vift-lf-",
+    )
     info_path = folder / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
     info[name] = {

@@ -42,11 +42,22 @@ import inspect
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from vift_plugin.training.roles import role_param_groups as _role_param_groups
+from vift_plugin.training.upstream import (
+    MethodPatch,
+    PatchError,
+    call_compatibly,
+    check_unpatched,
+    create_role_optimizer,
+    decay_parameter_names,
+    has_length,
+    mark_patched,
+    named_roles,
+)
 
 __all__ = [
     "TARGETS",
@@ -91,7 +102,7 @@ TARGETS: dict[str, Target] = {
 }
 
 
-class ViFTPatchError(RuntimeError):
+class ViFTPatchError(PatchError):
     """A symbol the patch needs is missing or incompatible, or the patch is applied twice."""
 
 
@@ -213,33 +224,16 @@ def _modality_lengths(dataset: Any) -> tuple[list[str], list[int]]:
 
 def build_sampler(trainer: Any, dataset: Any, config: ViFTLLaVAConfig) -> Any:
     """The :class:`ModalityGroupedSampler` the patched ``_get_train_sampler`` returns."""
-    from vift_plugin.data.sampler import ModalityGroupedSampler
+    from vift_plugin.data.sampler import sampler_for_trainer
 
-    args = trainer.args
     modalities, lengths = _modality_lengths(dataset)
-    batch_size = (
-        getattr(trainer, "_train_batch_size", None)
-        or getattr(args, "train_batch_size", None)
-        or args.per_device_train_batch_size
-    )
-    data_seed = getattr(args, "data_seed", None)
-    return ModalityGroupedSampler(
+    return sampler_for_trainer(
+        trainer,
         modalities,
         lengths,
-        batch_size=int(batch_size),
-        world_size=int(getattr(args, "world_size", 1) or 1),
-        gradient_accumulation_steps=int(getattr(args, "gradient_accumulation_steps", 1) or 1),
-        seed=int(data_seed if data_seed is not None else args.seed),
         remainder=config.remainder,  # type: ignore[arg-type]
         length_window=config.length_window,
     )
-
-
-def _has_length(dataset: Any) -> bool:
-    try:
-        return len(dataset) is not None
-    except TypeError:
-        return False
 
 
 def _defines(obj: Any, name: str) -> bool:
@@ -247,32 +241,20 @@ def _defines(obj: Any, name: str) -> bool:
     return name in getattr(obj, "__dict__", {}) or any(name in vars(klass) for klass in type(obj).__mro__)
 
 
-def _call_compatibly(function: Callable[..., Any], owner: Any, *args: Any, **kwargs: Any) -> Any:
-    """``function(owner, *args, **kwargs)``, or ``function(owner)`` when it does not take those arguments.
-
-    LLaVA's ``_get_train_sampler(self)`` predates transformers passing the dataset to it.
-    """
-    try:
-        inspect.signature(function).bind(owner, *args, **kwargs)
-    except TypeError:
-        return function(owner)
-    return function(owner, *args, **kwargs)
-
-
 def _make_sampler_method(original: Callable[..., Any], config: ViFTLLaVAConfig) -> Callable[..., Any]:
     def _get_train_sampler(self: Any, *args: Any, **kwargs: Any) -> Any:
         dataset = args[0] if args else kwargs.get("train_dataset")
         if dataset is None:
             dataset = self.train_dataset
-        if dataset is None or not _has_length(dataset):
-            return _call_compatibly(original, self, *args, **kwargs)
+        if dataset is None or not has_length(dataset):
+            return call_compatibly(original, self, *args, **kwargs)
         if not _defines(dataset, "modality_lengths") and self.train_dataset is not None:
             dataset = self.train_dataset
         return build_sampler(self, dataset, config)
 
-    _get_train_sampler.__doc__ = "ViFT (vift_llava): a ModalityGroupedSampler over the dataset's modality_lengths."
-    _get_train_sampler._vift_patch = True  # type: ignore[attr-defined]
-    return _get_train_sampler
+    return mark_patched(
+        _get_train_sampler, "ViFT (vift_llava): a ModalityGroupedSampler over the dataset's modality_lengths."
+    )
 
 
 # --------------------------------------------------------------------------------------- optimizer
@@ -294,83 +276,23 @@ def role_learning_rates(args: Any, config: ViFTLLaVAConfig) -> dict[str, float]:
     }
 
 
-def _named_roles(model: Any, config: ViFTLLaVAConfig) -> dict[str, list[tuple[str, Any]]]:
-    if config.role_of is None:
-        from vift_plugin.training.roles import parameters_by_role
-
-        return {str(role): named for role, named in parameters_by_role(model).items()}
-    groups: dict[str, list[tuple[str, Any]]] = {role: [] for role in ROLES}
-    for name, parameter in model.named_parameters():
-        role = config.role_of(name)
-        if role not in groups:
-            raise ValueError(f"vift_llava: role_of({name!r}) returned {role!r}; expected one of {ROLES}.")
-        groups[role].append((name, parameter))
-    return groups
-
-
-def _decay_parameter_names(trainer: Any, model: Any) -> set[str]:
-    """The trainer's own rule where it has one (transformers >= 4.3x), else LayerNorm and biases excluded."""
-    rule = getattr(trainer, "get_decay_parameter_names", None)
-    if rule is not None:
-        return set(rule(model))
-    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
-    from transformers.trainer_pt_utils import get_parameter_names
-
-    return {name for name in get_parameter_names(model, ALL_LAYERNORM_LAYERS) if "bias" not in name}
-
-
 def role_param_groups(
     trainer: Any, model: Any, rates: dict[str, float], config: ViFTLLaVAConfig
 ) -> list[dict[str, Any]]:
     """One optimizer group per (role, decay) holding trainable parameters, each tagged with ``role``."""
-    decay = _decay_parameter_names(trainer, model)
-    weight_decay = float(trainer.args.weight_decay)
-    groups = []
-    for role, named in _named_roles(model, config).items():
-        for decayed in (True, False):
-            params = [p for n, p in named if p.requires_grad and (n in decay) == decayed]
-            if params:
-                rate = weight_decay if decayed else 0.0
-                groups.append({"params": params, "lr": rates[role], "weight_decay": rate, "role": role})
-    return groups
+    return _role_param_groups(
+        named_roles(model, config.role_of, "vift_llava"),
+        decay_parameter_names(trainer, model),
+        float(trainer.args.weight_decay),
+        rates,
+    )
 
 
-def _optimizer_cls_and_kwargs(trainer: Any, model: Any) -> tuple[Any, dict[str, Any]]:
-    preset = getattr(trainer, "optimizer_cls_and_kwargs", None)
-    if preset is not None:
-        return preset[0], dict(preset[1])
-    getter = trainer.get_optimizer_cls_and_kwargs
-    try:
-        inspect.signature(getter).bind(trainer.args, model)
-    except TypeError:
-        cls, kwargs = getter(trainer.args)
-    else:
-        cls, kwargs = getter(trainer.args, model)
-    return cls, dict(kwargs)
-
-
-def _is_factory(optimizer_cls: Any) -> bool:
-    try:
-        from transformers.trainer import is_optimizer_factory
-    except ImportError:
-        return False
-    return bool(is_optimizer_factory(optimizer_cls))
-
-
-def _keep_embeddings_32bit(model: Any, optimizer_cls: Any, kwargs: dict[str, Any]) -> None:
-    """bitsandbytes 8-bit optimizers: keep embeddings in 32-bit state, as transformers and LLaVA do."""
-    eight_bit = optimizer_cls.__name__ == "Adam8bit" or (
+def _is_8bit(optimizer_cls: Any, kwargs: dict[str, Any]) -> bool:
+    """bitsandbytes 8-bit optimizers keep embeddings in 32-bit state, as transformers and LLaVA do."""
+    return optimizer_cls.__name__ == "Adam8bit" or (
         "bitsandbytes" in str(optimizer_cls) and kwargs.get("optim_bits") == 8
     )
-    if not eight_bit:
-        return
-    import bitsandbytes
-    from torch import nn
-
-    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            manager.register_module_override(module, "weight", {"optim_bits": 32})
 
 
 def _make_optimizer_method(original: Callable[..., Any], config: ViFTLLaVAConfig) -> Callable[..., Any]:
@@ -378,31 +300,26 @@ def _make_optimizer_method(original: Callable[..., Any], config: ViFTLLaVAConfig
         if self.optimizer is None:
             model = args[0] if args else kwargs.get("model")
             model = self.model if model is None else model
-            optimizer_cls, optimizer_kwargs = _optimizer_cls_and_kwargs(self, model)
-            if _is_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
-                logger.warning(
-                    "vift_llava: optim=%s builds its own parameter groups; per-role learning rates are not applied.",
-                    getattr(self.args, "optim", "?"),
-                )
-                return _call_compatibly(original, self, *args, **kwargs)
-            rates = role_learning_rates(self.args, config)
-            groups = role_param_groups(self, model, rates, config)
-            if not groups:
-                raise ValueError("vift_llava: the model has no trainable parameters.")
-            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-            _keep_embeddings_32bit(model, optimizer_cls, optimizer_kwargs)
-            logger.info(
-                "vift_llava: learning rates vision %g, connector %g, language %g.",
-                rates["vision"],
-                rates["connector"],
-                rates["language"],
-            )
-        # The original returns the optimizer now that it is set (wrapping it where it does, e.g. SageMaker MP).
-        return _call_compatibly(original, self, *args, **kwargs)
 
-    create_optimizer.__doc__ = "ViFT (vift_llava): one optimizer group per role (vision/connector/language) and decay."
-    create_optimizer._vift_patch = True  # type: ignore[attr-defined]
-    return create_optimizer
+            optimizer = create_role_optimizer(
+                self,
+                model,
+                lambda: role_learning_rates(self.args, config),
+                lambda rates: role_param_groups(self, model, rates, config),
+                logger=logger,
+                owner="vift_llava",
+                unapplied="per-role learning rates",
+                eight_bit=_is_8bit,
+            )
+            if optimizer is None:
+                return call_compatibly(original, self, *args, **kwargs)
+            self.optimizer = optimizer
+        # The original returns the optimizer now that it is set (wrapping it where it does, e.g. SageMaker MP).
+        return call_compatibly(original, self, *args, **kwargs)
+
+    return mark_patched(
+        create_optimizer, "ViFT (vift_llava): one optimizer group per role (vision/connector/language) and decay."
+    )
 
 
 # --------------------------------------------------------------------------------------- patch handle
@@ -411,41 +328,16 @@ _ACTIVE: list[LLaVAPatch] = []
 
 
 @dataclass(eq=False)
-class LLaVAPatch:
+class LLaVAPatch(MethodPatch):
     """An applied patch: ``remove()`` (or leaving a ``with`` block) restores the original methods exactly."""
 
     trainer_cls: type
     config: ViFTLLaVAConfig
     target: Target | None
-    # (method name, whether the class defined it itself, the original class attribute)
-    saved: list[tuple[str, bool, Any]] = field(default_factory=list)
-    active: bool = True
 
-    def remove(self) -> None:
-        """Restore the originals; a second call does nothing."""
-        if not self.active:
-            return
-        for name, _, _ in self.saved:
-            current = self.trainer_cls.__dict__.get(name)
-            if not getattr(current, "_vift_patch", False):
-                raise ViFTPatchError(
-                    f"vift_llava: {self.trainer_cls.__qualname__}.{name} was replaced after the ViFT patch; "
-                    "remove that patch first."
-                )
-        for name, owned, original in self.saved:
-            if owned:
-                setattr(self.trainer_cls, name, original)
-            else:
-                delattr(self.trainer_cls, name)
-        self.active = False
-        if self in _ACTIVE:
-            _ACTIVE.remove(self)
-
-    def __enter__(self) -> LLaVAPatch:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
+    owner: ClassVar[str] = "vift_llava"
+    error: ClassVar[type[Exception]] = ViFTPatchError
+    registry: ClassVar[list[Any]] = _ACTIVE
 
 
 def active_patches() -> list[LLaVAPatch]:
@@ -498,12 +390,7 @@ def apply_vift_to_llava(
     config = ViFTLLaVAConfig(vision_lr, connector_lr, remainder, length_window, sampler, optimizer, role_of)
     _check_config(config)
     cls, spec = resolve_trainer_class(trainer_cls, target)
-    for name in PATCHED_METHODS:
-        if getattr(getattr(cls, name, None), "_vift_patch", False):
-            raise ViFTPatchError(
-                f"vift_llava: {cls.__qualname__}.{name} is already patched for ViFT; remove() the first "
-                "patch before applying another."
-            )
+    check_unpatched(cls, PATCHED_METHODS, "vift_llava", ViFTPatchError)
     import vift_plugin.data.sampler  # noqa: F401  (fail now, not inside train(), when vift_plugin is missing)
 
     handle = LLaVAPatch(cls, config, spec)
@@ -511,12 +398,7 @@ def apply_vift_to_llava(
     for name in PATCHED_METHODS:
         if not getattr(config, "sampler" if name == "_get_train_sampler" else "optimizer"):
             continue
-        owned = name in cls.__dict__
-        original_attr = cls.__dict__[name] if owned else None
-        replacement = makers[name](getattr(cls, name), config)
-        replacement.__name__ = replacement.__qualname__ = name
-        handle.saved.append((name, owned, original_attr))
-        setattr(cls, name, replacement)
+        handle.replace(cls, name, makers[name](getattr(cls, name), config))
     _ACTIVE.append(handle)
     logger.info("vift_llava: patched %s.%s (%s).", cls.__module__, cls.__qualname__, ", ".join(PATCHED_METHODS))
     return handle
@@ -528,34 +410,6 @@ vift_llava_patch = apply_vift_to_llava
 
 
 # --------------------------------------------------------------------------------------- data
-
-
-def _part_lines(path: Path, root: Path | None) -> Iterator[str]:
-    """The JSON lines of a converted part; with ``root``, image paths made absolute under it."""
-    import json
-
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            if root is None:
-                yield line.rstrip("\n")
-            else:
-                record = json.loads(line)
-                if "image" in record:
-                    record["image"] = str((root / record["image"]).resolve())
-                yield json.dumps(record, ensure_ascii=False)
-
-
-def _chunks(lines: Iterable[str], size: int = 4096) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def write_llava_json(
@@ -581,41 +435,19 @@ def write_llava_json(
 
     Returns ``{"captions": n, "texts": m}``, the records written of each kind.
     """
-    from vift_plugin.data.captions import convert_caption_file
-    from vift_plugin.data.files import RecordWriter
-    from vift_plugin.data.instructions import convert_instruction_file
+    from vift_plugin.data.files import write_llava_records
 
-    if not captions and not texts:
-        raise ValueError("Give at least one caption file or text-instruction file.")
-    target = Path(output)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"captions": 0, "texts": 0}
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".vift-llava-") as folder:
-        parts: list[tuple[Path, Path | None]] = []
-        for index, path in enumerate(captions):
-            part = Path(folder) / f"captions-{index}.jsonl"
-            root = Path(image_root) if image_root is not None else Path(path).resolve().parent
-            report = convert_caption_file(
-                path,
-                part,
-                output_format="llava",
-                image_root=root,
-                seed=seed,
-                verify_images=verify_images,
-                skip_bad=skip_bad,
-            )
-            counts["captions"] += report.written
-            parts.append((part, root if absolute_image_paths else None))
-        for index, path in enumerate(texts):
-            part = Path(folder) / f"texts-{index}.jsonl"
-            report = convert_instruction_file(path, part, output_format="llava", skip_bad=skip_bad)
-            counts["texts"] += report.written
-            parts.append((part, None))
-        with RecordWriter(target) as writer:
-            for part, part_root in parts:
-                for chunk in _chunks(_part_lines(part, part_root)):
-                    writer.write(chunk)
-    return counts
+    return write_llava_records(
+        output,
+        captions=captions,
+        texts=texts,
+        image_root=image_root,
+        seed=seed,
+        verify_images=verify_images,
+        skip_bad=skip_bad,
+        absolute_image_paths=absolute_image_paths,
+        scratch_prefix=".vift-llava-",
+    )
 
 
 # --------------------------------------------------------------------------------------- launcher

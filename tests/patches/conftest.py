@@ -113,3 +113,71 @@ def signed_lengths(records: Sequence[dict[str, Any]]) -> list[int]:
         words = sum(len(turn["value"].split()) for turn in record["conversations"])
         out.append(words if "image" in record else -words)
     return out
+
+
+def recording_collate(
+    collator: Callable[[list[Any]], dict[str, Any]],
+    seen: list[str],
+    prepare: Callable[[list[dict[str, Any]]], list[Any]] = list,
+) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """A data collator: ``collator(prepare(features))``, appending each batch's modality to ``seen``."""
+    from vift_plugin.training.trainer import batch_modality
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collator(prepare(features))
+        seen.append(batch_modality(batch))
+        return batch
+
+    return collate
+
+
+def tiny_run_arguments(root: Path, **overrides: Any) -> dict[str, Any]:
+    """Training-argument keywords for a short CPU run under ``root/run``: per-device batch 2, accumulation 2,
+    constant lr 1e-3, no saving, reporting or workers; ``overrides`` added or replaced."""
+    return {
+        "output_dir": str(root / "run"),
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "constant",
+        "remove_unused_columns": False,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        **overrides,
+    }
+
+
+def assert_trained_grouped(trainer: Any, seen: Sequence[str], steps: int, rates: dict[str, float]) -> None:
+    """``steps`` optimizer steps ran, each over 2 single-modality micro-batches, at per-role ``rates``."""
+    assert trainer.state.global_step == steps
+    grouped = [list(seen[i : i + 2]) for i in range(0, 2 * steps, 2)]
+    assert all(len(set(step)) == 1 for step in grouped), grouped
+    assert {g["role"]: g["lr"] for g in trainer.optimizer.param_groups} == rates
+
+
+def lr_by_name(trainer: Any) -> dict[str, tuple[float, float, str | None]]:
+    """``name -> (lr, weight_decay, role)`` from the optimizer's groups (each parameter in exactly one)."""
+    group_of = {}
+    for group in trainer.optimizer.param_groups:
+        for parameter in group["params"]:
+            assert id(parameter) not in group_of, "a parameter is in two groups"
+            group_of[id(parameter)] = (group["lr"], group["weight_decay"], group.get("role"))
+    return {name: group_of[id(p)] for name, p in trainer.model.named_parameters() if id(p) in group_of}
+
+
+def assert_role_groups(
+    trainer: Any, model_type: str, expected_lr: dict[str, float], weight_decay: float
+) -> dict[str, tuple[float, float, str | None]]:
+    """Each grouped parameter has its ``parameter_role``, that role's lr and decay; returns :func:`lr_by_name`."""
+    from vift_plugin.training.roles import parameter_role
+
+    rates = lr_by_name(trainer)
+    decay = set(trainer.get_decay_parameter_names(trainer.model))
+    for name, (lr, decay_rate, role) in rates.items():
+        assert role == parameter_role(name, model_type)
+        assert lr == expected_lr[role], name
+        assert decay_rate == (weight_decay if name in decay else 0.0), name
+    return rates

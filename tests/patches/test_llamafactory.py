@@ -24,11 +24,18 @@ from datasets import Dataset
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
-from tests.patches.conftest import assert_single_modality_steps, write_alpaca, write_caption_table
+from tests.patches.conftest import (
+    assert_role_groups,
+    assert_single_modality_steps,
+    assert_trained_grouped,
+    lr_by_name,
+    recording_collate,
+    tiny_run_arguments,
+    write_alpaca,
+    write_caption_table,
+)
 from vift_plugin.data.sampler import ModalityGroupedSampler
 from vift_plugin.testing import build_tiny_model
-from vift_plugin.training.roles import parameter_role
-from vift_plugin.training.trainer import batch_modality
 
 ENV = ("VIFT_VISION_LR", "VIFT_CONNECTOR_LR", "VIFT_LANGUAGE_LR", "VIFT_GROUP_BY_MODALITY", "VIFT_REMAINDER")
 
@@ -204,15 +211,6 @@ def test_disable_shuffling_and_grouping_off_keep_upstream_samplers(
 # ----------------------------------------------------------------------------------------------- optimizer
 
 
-def lr_by_name(trainer: Trainer) -> dict[str, tuple[float, float, str | None]]:
-    group_of = {}
-    for group in trainer.optimizer.param_groups:
-        for parameter in group["params"]:
-            assert id(parameter) not in group_of, "a parameter is in two groups"
-            group_of[id(parameter)] = (group["lr"], group["weight_decay"], group.get("role"))
-    return {name: group_of[id(p)] for name, p in trainer.model.named_parameters() if id(p) in group_of}
-
-
 def sft_trainer(lf: SimpleNamespace, tmp_path: Path, model: Any, **finetuning_overrides: Any) -> Any:
     args = Seq2SeqTrainingArguments(
         output_dir=str(tmp_path), learning_rate=1e-5, weight_decay=0.05, use_cpu=True, report_to=[]
@@ -230,14 +228,8 @@ def test_per_module_learning_rates_from_environment_on_qwen2_vl(
     trainer = sft_trainer(lf, tmp_path, model)
     with vift_llamafactory.apply():
         trainer.create_optimizer()
-    rates = lr_by_name(trainer)
+    rates = assert_role_groups(trainer, "qwen2_vl", {"vision": 1e-6, "connector": 2e-6, "language": 5e-6}, 0.05)
     assert len(rates) == sum(1 for _ in model.parameters())
-    decay = set(trainer.get_decay_parameter_names(model))
-    expected = {"vision": 1e-6, "connector": 2e-6, "language": 5e-6}
-    for name, (lr, weight_decay, role) in rates.items():
-        assert role == parameter_role(name, "qwen2_vl")
-        assert lr == expected[role], name
-        assert weight_decay == (0.05 if name in decay else 0.0), name
     assert rates["model.visual.merger.mlp.0.weight"][:2] == (2e-6, 0.05)
     assert rates["model.visual.blocks.0.attn.qkv.weight"][0] == 1e-6
     assert rates["model.language_model.layers.0.self_attn.q_proj.weight"][0] == 5e-6
@@ -378,27 +370,12 @@ def test_custom_seq2seq_trainer_trains_grouped(
     model.train()
     collator = ViFTDataCollator(processor, image_root=tmp_path)
     seen: list[str] = []
-
-    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = collator([{"messages": json.loads(f["messages"]), "images": f["images"]} for f in features])
-        seen.append(batch_modality(batch))
-        return batch
-
-    args = Seq2SeqTrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=2,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        remove_unused_columns=False,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=1,
+    collate = recording_collate(
+        collator,
+        seen,
+        lambda features: [{"messages": json.loads(f["messages"]), "images": f["images"]} for f in features],
     )
+    args = Seq2SeqTrainingArguments(**tiny_run_arguments(tmp_path, max_steps=2, seed=1))
     trainer = lf.sft(
         finetuning_args=finetuning(),
         processor=None,
@@ -410,14 +387,7 @@ def test_custom_seq2seq_trainer_trains_grouped(
     with vift_llamafactory.apply(connector_lr=1e-2, vision_lr=0.0):
         trainer.train()
         assert isinstance(get_sampler(trainer.get_train_dataloader()), ModalityGroupedSampler)
-    assert trainer.state.global_step == 2
-    steps = [seen[i : i + 2] for i in range(0, 4, 2)]
-    assert all(len(set(step)) == 1 for step in steps), steps
-    assert {g["role"]: g["lr"] for g in trainer.optimizer.param_groups} == {
-        "vision": 0.0,
-        "connector": 1e-2,
-        "language": 1e-3,
-    }
+    assert_trained_grouped(trainer, seen, 2, {"vision": 0.0, "connector": 1e-2, "language": 1e-3})
 
 
 def test_configuration_precedence(vift_llamafactory: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:

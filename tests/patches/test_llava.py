@@ -25,15 +25,18 @@ from torch.utils.data import Dataset, IterableDataset
 from transformers import Trainer, TrainingArguments
 
 from tests.patches.conftest import (
+    assert_role_groups,
     assert_single_modality_steps,
+    assert_trained_grouped,
+    lr_by_name,
+    recording_collate,
     signed_lengths,
+    tiny_run_arguments,
     write_alpaca,
     write_caption_table,
 )
 from vift_plugin.data.sampler import ModalityGroupedSampler
 from vift_plugin.testing import build_tiny_model
-from vift_plugin.training.roles import parameter_role
-from vift_plugin.training.trainer import batch_modality
 
 # ----------------------------------------------------------------------------------------------- stand-ins
 
@@ -277,16 +280,6 @@ def test_bad_modality_lengths_are_reported(vift_llava: ModuleType, llava_cls: ty
 # ----------------------------------------------------------------------------------------------- optimizer
 
 
-def lr_by_name(trainer: Trainer) -> dict[str, tuple[float, float, str]]:
-    """``name -> (lr, weight_decay, role)`` from the optimizer's groups (each parameter in exactly one)."""
-    group_of = {}
-    for group in trainer.optimizer.param_groups:
-        for parameter in group["params"]:
-            assert id(parameter) not in group_of, "a parameter is in two groups"
-            group_of[id(parameter)] = (group["lr"], group["weight_decay"], group.get("role"))
-    return {name: group_of[id(p)] for name, p in trainer.model.named_parameters() if id(p) in group_of}
-
-
 def make_trainer(
     cls: type, model: nn.Module, tmp_path: Path, args_cls: type = LLaVATrainingArguments, **args: Any
 ) -> Any:
@@ -301,14 +294,8 @@ def test_per_role_learning_rates_on_a_real_llava_model(vift_llava: ModuleType, l
     trainer = make_trainer(llava_cls, model, tmp_path, mm_projector_lr=2e-6)
     with vift_llava.apply(vision_lr=3e-6):
         trainer.create_optimizer()
-    rates = lr_by_name(trainer)
+    rates = assert_role_groups(trainer, "llava", {"vision": 3e-6, "connector": 2e-6, "language": 1e-5}, 0.1)
     assert len(rates) == sum(1 for p in model.parameters() if p.requires_grad)
-    decay = set(trainer.get_decay_parameter_names(model))
-    expected_lr = {"vision": 3e-6, "connector": 2e-6, "language": 1e-5}
-    for name, (lr, weight_decay, role) in rates.items():
-        assert role == parameter_role(name, "llava")
-        assert lr == expected_lr[role], name
-        assert weight_decay == (0.1 if name in decay else 0.0), name
     assert rates["model.multi_modal_projector.linear_1.weight"][:2] == (2e-6, 0.1)
     assert rates["model.multi_modal_projector.linear_1.bias"][:2] == (2e-6, 0.0)
     assert rates["model.vision_tower.embeddings.patch_embedding.weight"][0] == 3e-6
@@ -560,28 +547,9 @@ def test_llava_trainer_trains_with_single_modality_steps(
     model.train()
     collator = ViFTDataCollator(processor, image_root=tmp_path)
     seen: list[str] = []
-
-    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = collator(features)
-        seen.append(batch_modality(batch))
-        return batch
-
+    collate = recording_collate(collator, seen)
     args = LLaVATrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=3,
-        learning_rate=1e-3,
-        mm_projector_lr=1e-2,
-        group_by_modality_length=True,
-        lr_scheduler_type="constant",
-        remove_unused_columns=False,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=0,
+        **tiny_run_arguments(tmp_path, max_steps=3, mm_projector_lr=1e-2, group_by_modality_length=True, seed=0)
     )
     trainer = llava_cls(model=model, args=args, train_dataset=dataset, data_collator=collate)
     vision_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".vision_tower." in n}
@@ -589,16 +557,9 @@ def test_llava_trainer_trains_with_single_modality_steps(
     with vift_llava.apply(vision_lr=0.0):
         trainer.train()
         assert isinstance(get_sampler(trainer.get_train_dataloader()), ModalityGroupedSampler)
-    assert trainer.state.global_step == 3
     assert len(seen) >= 6  # accelerate collates one batch ahead
-    steps = [seen[i : i + 2] for i in range(0, 6, 2)]
-    assert all(len(set(step)) == 1 for step in steps), steps
+    assert_trained_grouped(trainer, seen, 3, {"vision": 0.0, "connector": 1e-2, "language": 1e-3})
     assert "image" in seen[:6]  # 3 image steps and 2 text steps exist: 3 steps cannot all be text
-    assert {g["role"]: g["lr"] for g in trainer.optimizer.param_groups} == {
-        "vision": 0.0,
-        "connector": 1e-2,
-        "language": 1e-3,
-    }
     for name, parameter in model.named_parameters():
         if name in vision_before:
             assert torch.equal(parameter, vision_before[name]), name

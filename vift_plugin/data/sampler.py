@@ -205,3 +205,36 @@ class ModalityGroupedBatchSampler(Sampler[list[int]]):
         s = self.sampler
         batches = s._steps().view(-1, s.world_size, s.batch_size)[:, self.rank]
         yield from batches.tolist()
+
+
+def sampler_for_trainer(
+    trainer: Any,
+    modalities: Sequence[Any],
+    lengths: Sequence[int] | None,
+    *,
+    remainder: Remainder = "drop",
+    length_window: int | None = 64,
+) -> ModalityGroupedSampler:
+    """A :class:`ModalityGroupedSampler` sized and seeded by a transformers ``Trainer``'s arguments.
+
+    The per-device batch is the trainer's ``_train_batch_size`` (else ``args.train_batch_size``, else
+    ``args.per_device_train_batch_size``); the world size and gradient accumulation come from ``args``
+    (default 1), the seed is ``args.data_seed`` where set, else ``args.seed``. Needs no transformers import.
+    """
+    args = trainer.args
+    batch_size = (
+        getattr(trainer, "_train_batch_size", None)
+        or getattr(args, "train_batch_size", None)
+        or args.per_device_train_batch_size
+    )
+    data_seed = getattr(args, "data_seed", None)
+    return ModalityGroupedSampler(
+        modalities,
+        lengths,
+        batch_size=int(batch_size),
+        world_size=int(getattr(args, "world_size", 1) or 1),
+        gradient_accumulation_steps=int(getattr(args, "gradient_accumulation_steps", 1) or 1),
+        seed=int(data_seed if data_seed is not None else args.seed),
+        remainder=remainder,
+        length_window=length_window,
+    )

@@ -23,11 +23,9 @@ from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items
 from vift_plugin.evaluation.evaluator import write_text
 from vift_plugin.evaluation.runner import (
     PromptBuilder,
-    batches,
-    encode_batch,
+    encoded_batches,
     generate_batch,
     progress_bar,
-    to_model,
 )
 from vift_plugin.evaluation.scoring import DEFAULT_MARKERS, marker_list, score_all, summarize
 
@@ -185,17 +183,15 @@ def sweep(
     bar = progress_bar(len(benchmark) * runs_per_item, "sweep", progress)
     try:
         with vift_fusion(model, base.replace(text_cache_size=cache), processor=processor):
-            for chunk in batches(benchmark, batch_size):
-                inputs = to_model(
-                    encode_batch(
-                        processor,
-                        chunk,
-                        prompt_suffix=prompt_suffix,
-                        prompt_builder=prompt_builder,
-                        max_pixels=max_pixels,
-                    ),
-                    model,
-                )
+            for chunk, inputs in encoded_batches(
+                model,
+                processor,
+                benchmark,
+                batch_size,
+                prompt_suffix=prompt_suffix,
+                prompt_builder=prompt_builder,
+                max_pixels=max_pixels,
+            ):
                 reference = generate_batch(
                     model, processor, inputs, max_new_tokens=max_new_tokens, generate_kwargs={**extra, "vift": False}
                 )

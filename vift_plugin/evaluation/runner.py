@@ -109,6 +109,24 @@ def encode_batch(
         tokenizer.padding_side = side
 
 
+def encoded_batches(
+    model: Any,
+    processor: Any,
+    items: Sequence[BenchmarkItem],
+    batch_size: int,
+    *,
+    prompt_suffix: str | None = None,
+    prompt_builder: PromptBuilder | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[tuple[Sequence[BenchmarkItem], dict[str, Any]]]:
+    """``(chunk, inputs)`` per batch of ``items``: the :func:`encode_batch` encoding, moved :func:`to_model`."""
+    for chunk in batches(items, batch_size):
+        encoded = encode_batch(
+            processor, chunk, prompt_suffix=prompt_suffix, prompt_builder=prompt_builder, max_pixels=max_pixels
+        )
+        yield chunk, to_model(encoded, model)
+
+
 def to_model(batch: Any, model: Any) -> dict[str, Any]:
     """Tensors moved to the model's device; floating tensors (pixels) cast to its dtype."""
     device = model_device(model)
@@ -196,17 +214,15 @@ def generate_answers(
     bar = progress_bar(len(items), desc or ("fused" if fused else "plain"), progress)
     try:
         with fusion_mode(model, processor, fused, fusion) as mode_kwargs:
-            for chunk in batches(items, batch_size):
-                inputs = to_model(
-                    encode_batch(
-                        processor,
-                        chunk,
-                        prompt_suffix=prompt_suffix,
-                        prompt_builder=prompt_builder,
-                        max_pixels=max_pixels,
-                    ),
-                    model,
-                )
+            for chunk, inputs in encoded_batches(
+                model,
+                processor,
+                items,
+                batch_size,
+                prompt_suffix=prompt_suffix,
+                prompt_builder=prompt_builder,
+                max_pixels=max_pixels,
+            ):
                 answers += generate_batch(
                     model,
                     processor,

@@ -57,6 +57,27 @@ def parameters_by_role(model: nn.Module) -> dict[Role, list[tuple[str, nn.Parame
     return groups
 
 
+def role_param_groups(
+    named_roles: dict[Any, list[tuple[str, nn.Parameter]]],
+    decay: set[str],
+    weight_decay: float,
+    rates: dict[Any, float],
+) -> list[dict[str, Any]]:
+    """One optimizer group per (role, decay) holding trainable parameters, each tagged with ``role``.
+
+    ``named_roles`` is ``{role: [(name, parameter), ...]}`` (e.g. :func:`parameters_by_role`), ``decay``
+    the names that get ``weight_decay`` (the others 0), ``rates`` the learning rate per role.
+    """
+    groups = []
+    for role, named in named_roles.items():
+        for decayed in (True, False):
+            params = [p for n, p in named if p.requires_grad and (n in decay) == decayed]
+            if params:
+                rate = weight_decay if decayed else 0.0
+                groups.append({"params": params, "lr": rates[role], "weight_decay": rate, "role": role})
+    return groups
+
+
 def check_roles(model: nn.Module) -> dict[Role, int]:
     """Parameter counts per role; an error naming the model class when vision or connector is empty."""
     counts = {role: sum(p.numel() for _, p in params) for role, params in parameters_by_role(model).items()}

@@ -10,10 +10,10 @@ import torch
 from transformers import Trainer
 
 from vift_plugin.config import FusionConfig
-from vift_plugin.data.sampler import ModalityGroupedSampler
+from vift_plugin.data.sampler import sampler_for_trainer
 from vift_plugin.training.arguments import ViFTTrainingArguments
 from vift_plugin.training.model import load_trainable_weights, save_trainable_weights
-from vift_plugin.training.roles import parameters_by_role
+from vift_plugin.training.roles import parameters_by_role, role_param_groups
 
 IMAGE_INPUT_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "image_sizes", "pixel_attention_mask")
 
@@ -56,13 +56,10 @@ class ViFTTrainer(Trainer):
                 f"(columns: {columns}); build it with vift_plugin.data.mix_datasets or set group_by_modality=False."
             )
         length_column = self.args.length_column_name
-        return ModalityGroupedSampler(
+        return sampler_for_trainer(
+            self,
             dataset[self.args.modality_column],
             dataset[length_column] if length_column in columns else None,
-            batch_size=self._train_batch_size,
-            world_size=self.args.world_size,
-            gradient_accumulation_steps=self.args.gradient_accumulation_steps,
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             remainder=self.args.remainder,  # type: ignore[arg-type]
             length_window=self.args.length_window,
         )
@@ -72,19 +69,7 @@ class ViFTTrainer(Trainer):
         if self.optimizer is None:
             decay = set(self.get_decay_parameter_names(opt_model))
             rates = self.args.role_learning_rates()
-            groups = []
-            for role, named in parameters_by_role(opt_model).items():
-                for decayed in (True, False):
-                    params = [p for n, p in named if p.requires_grad and (n in decay) == decayed]
-                    if params:
-                        groups.append(
-                            {
-                                "params": params,
-                                "lr": rates[role],
-                                "weight_decay": self.args.weight_decay if decayed else 0.0,
-                                "role": role,
-                            }
-                        )
+            groups = role_param_groups(parameters_by_role(opt_model), decay, self.args.weight_decay, rates)
             if not groups:
                 raise ValueError("No trainable parameters: check the freeze_* and LoRA settings.")
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
