@@ -94,9 +94,10 @@ def test_word_tokenizer_knows_every_word_and_round_trips(tmp_path: Path) -> None
             for text in texts:
                 ids = tokenizer(text)["input_ids"]
                 assert tokenizer.unk_token_id not in ids, text
-                assert tokenizer.decode(ids).split() == text.replace(",", " ,").replace(".", " .").replace(
-                    "?", " ?"
-                ).replace(":", " :").split()
+                assert (
+                    tokenizer.decode(ids).split()
+                    == text.replace(",", " ,").replace(".", " .").replace("?", " ?").replace(":", " :").split()
+                )
 
 
 def test_checkpoint_loads_like_a_downloaded_one(tmp_path: Path) -> None:

@@ -55,10 +55,18 @@ def qa_messages(question: Question, scene: str | None, response: str) -> list[di
     return [{"role": "user", "content": content}, {"role": "assistant", "content": [text_part(response)]}]
 
 
-def text_instruction(scene: Scene, question: Question) -> dict[str, Any]:
-    """Question + scene words + request -> ``scene:`` + the scene restated + ``answer: X``."""
+RECIPES = ("restate", "direct")
+
+
+def text_instruction(scene: Scene, question: Question, recipe: str = "restate") -> dict[str, Any]:
+    """Question + scene words + request -> ``scene:`` + the scene restated + ``answer: X`` (``restate``),
+    or ``answer: X`` alone (``direct``)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     caption = scene.describe()
-    response = f"{FACTS_MARKER} {caption} {ANSWER_MARKER} {question.answer}"
+    response = f"{ANSWER_MARKER} {question.answer}"
+    if recipe == "restate":
+        response = f"{FACTS_MARKER} {caption} {response}"
     return {"messages": qa_messages(question, caption, response), "images": []}
 
 
@@ -67,7 +75,9 @@ def visual_instruction(image: str, question: Question) -> dict[str, Any]:
     return {"messages": qa_messages(question, None, f"{ANSWER_MARKER} {question.answer}"), "images": [image]}
 
 
-def write_world(root: str | os.PathLike[str], sizes: WorldSizes | None = None, seed: int = 0) -> dict[str, Path]:
+def write_world(
+    root: str | os.PathLike[str], sizes: WorldSizes | None = None, seed: int = 0, recipe: str = "restate"
+) -> dict[str, Path]:
     """Write the shapes world under ``root`` (deterministic in ``seed``); return the files by name."""
     sizes = sizes or WorldSizes()
     folder = Path(root)
@@ -105,7 +115,7 @@ def write_world(root: str | os.PathLike[str], sizes: WorldSizes | None = None, s
         )
     text_rows = []
     for i, scene in zip(range(sizes.texts), train, strict=False):
-        text_rows.append({"id": f"text-{i}", **text_instruction(scene, pick_question(scene, rng))})
+        text_rows.append({"id": f"text-{i}", **text_instruction(scene, pick_question(scene, rng), recipe)})
     visual_rows = []
     for i, scene in zip(range(sizes.visual_instructions), train, strict=False):
         row = visual_instruction(save(scene, f"vqa-{i}"), pick_question(scene, rng))
@@ -124,7 +134,9 @@ def write_world(root: str | os.PathLike[str], sizes: WorldSizes | None = None, s
     ):
         with atomic_output(files[name]) as handle:
             handle.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-    (folder / "sizes.json").write_text(json.dumps({"seed": seed, **asdict(sizes)}, sort_keys=True), encoding="utf-8")
+    (folder / "sizes.json").write_text(
+        json.dumps({"seed": seed, "recipe": recipe, **asdict(sizes)}, sort_keys=True), encoding="utf-8"
+    )
     return files
 
 
