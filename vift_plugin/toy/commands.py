@@ -10,7 +10,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from vift_plugin.toy.demo import DemoConfig, run_demo
 
     changes: dict[str, Any] = {
-        "output_dir": args.output_dir,
+        "output_dir": args.output_dir or ("vift_demo_quick" if args.quick else "vift_demo"),
         "seed": args.seed,
         "baseline": args.baseline,
         "fresh": args.fresh,
@@ -32,7 +32,10 @@ def add_demo_parser(sub: Any) -> None:
         "with fused inference. Writes OUTPUT_DIR/report.md. About 12 minutes on 2 CPU cores "
         "(15 with --baseline); --quick: 2.",
     )
-    demo.add_argument("--output-dir", default="vift_demo", help="where the world, checkpoints and report go")
+    demo.add_argument(
+        "--output-dir",
+        help="where the world, checkpoints and report go (default vift_demo, or vift_demo_quick with --quick)",
+    )
     demo.add_argument("--quick", action="store_true", help="a smaller world and model, fewer steps (~2 minutes)")
     demo.add_argument("--baseline", action="store_true", help="also train the visual-instruction baseline")
     demo.add_argument("--seed", type=int, default=0, help="seed of the world, the weights and the data order")

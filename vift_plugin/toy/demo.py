@@ -66,7 +66,12 @@ class DemoConfig:
     def quick(cls, **changes: Any) -> DemoConfig:
         """A smaller world and fewer steps: about two CPU minutes."""
         settings: dict[str, Any] = dict(
-            sizes=WorldSizes.quick(), model_size="tiny", language_steps=250, caption_steps=120, vift_steps=200
+            output_dir="vift_demo_quick",
+            sizes=WorldSizes.quick(),
+            model_size="tiny",
+            language_steps=250,
+            caption_steps=120,
+            vift_steps=200,
         )
         return cls(**{**settings, **changes})
 
