@@ -33,6 +33,7 @@ from transformers import AutoModelForImageTextToText
 from vift_plugin import FusionConfig, enable_vift, fusion_config, load_processor
 from vift_plugin.config import FUSION_CONFIG_NAME
 from vift_plugin.data import load_image
+from vift_plugin.data.files import atomic_output
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_QUESTIONS = ["What colour is the shape?", "What shape is in the picture?"]
@@ -55,6 +56,9 @@ def generated_pictures() -> list[tuple[str, Image.Image]]:
 def items(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``{"id", "image" (its name), "picture" (PIL), "question"}`` for every pair to answer."""
     questions = args.question or DEFAULT_QUESTIONS
+    for name in ("pairs", "images"):
+        if getattr(args, name) and not Path(getattr(args, name)).exists():
+            raise SystemExit(f"--{name} {getattr(args, name)}: no such file or folder")
     if args.pairs:
         root = args.image_root or str(Path(args.pairs).resolve().parent)
         rows = [json.loads(line) for line in Path(args.pairs).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -172,8 +176,7 @@ def main() -> None:
     print(f"{len(rows)} image/question pair(s), batches of {args.batch_size}; fusion: {config}")
     settings: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
 
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as answers:
+    with atomic_output(args.output) as answers:
         for batch in batches(rows, args.batch_size):
             for row, line in zip(batch, answer_batch(model, processor, batch, settings, args.also_beta), strict=True):
                 answers.write(json.dumps({"id": row["id"], **line}, ensure_ascii=False) + "\n")

@@ -99,6 +99,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the caption-request choice and resampling")
     parser.add_argument("--output-dir", default="data", help="captions.jsonl, text.jsonl and the mix/ folder")
     args = parser.parse_args()
+    for name in ("captions", "texts", "image_root"):
+        if getattr(args, name) and not Path(getattr(args, name)).exists():
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: no such file or folder")
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.image and not Path(args.image).is_file():
+        parser.error(f"--image {args.image}: no such file")
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype).to(args.device).eval()

@@ -239,3 +239,30 @@ def test_batch_fused_inference_fusion_config_identity(checkpoint_dir: Any, tmp_p
     assert len(rows) == 10 and len({r["image"] for r in rows}) == 5  # 5 generated pictures x 2 default questions
     assert all(r["plain"] == r["fused"] for r in rows)
     assert "beta=0.0" in stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("examples/batch_fused_inference.py", ("--images", "no-such-folder"), "--images no-such-folder: no such file"),
+        ("examples/batch_fused_inference.py", ("--pairs", "missing.jsonl"), "--pairs missing.jsonl: no such file"),
+        ("examples/convert_captions.py", ("--captions", "missing.json"), "--captions missing.json: no such file"),
+        ("examples/convert_captions.py", ("--texts", "missing.json"), "--texts missing.json: no such file"),
+        ("examples/fused_generate.py", ("--image", "missing.jpg"), "--image missing.jpg: no such file"),
+    ],
+)
+def test_examples_name_a_missing_input_without_a_traceback(
+    tmp_path: Path, script: str, args: tuple[str, ...], message: str
+) -> None:
+    """Checked before any model is loaded (the model path does not even exist) and before any output."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / script), "--model", str(tmp_path / "no-model"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, **ONE_THREAD},
+    )
+    assert out.returncode != 0
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +381,17 @@ def test_dump_columns() -> None:
 def test_only_the_last_suffix_names_the_format() -> None:
     with pytest.raises(ValueError, match=r"x\.json\.gz"):
         file_kind("x.json.gz")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_output_files_get_the_usual_permissions(tmp_path: Path, umask: int) -> None:
+    """The temporary file is private while written; the finished file has the mode ``open()`` would give."""
+    previous = os.umask(umask)
+    try:
+        with atomic_output(tmp_path / "out.jsonl") as handle:
+            handle.write("{}\n")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777

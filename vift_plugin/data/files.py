@@ -154,6 +154,12 @@ def _iter_parquet(name: str) -> Iterator[tuple[str, Any]]:
             index += 1
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     """A text handle on a temporary sibling of ``path``, renamed to ``path`` only on success."""
@@ -161,6 +167,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
             handle.flush()

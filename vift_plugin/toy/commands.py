@@ -29,8 +29,8 @@ def add_demo_parser(sub: Any) -> None:
         help="train a small Qwen2-VL on the shapes world with ViFT and compare plain vs fused inference (offline)",
         description="Builds a small Qwen2-VL-architecture model from config, trains it on captions and "
         "text-only instructions (ViFT stages 1 and 2), then answers held-out visual questions with plain and "
-        "with fused inference. Writes OUTPUT_DIR/report.md. About 12 minutes on 2 CPU cores "
-        "(15 with --baseline); --quick: 2.",
+        "with fused inference. Writes OUTPUT_DIR/report.md. About 11.5 minutes on 2 CPU cores "
+        "(15.5 with --baseline); --quick: 2.",
     )
     demo.add_argument(
         "--output-dir",
