@@ -47,17 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vift_plugin.training.roles import role_param_groups as _role_param_groups
 from vift_plugin.training.upstream import (
     MethodPatch,
     PatchError,
     call_compatibly,
     check_unpatched,
-    create_role_optimizer,
-    decay_parameter_names,
     has_length,
     mark_patched,
-    named_roles,
+    role_optimizer_method,
+    sampler_dataset,
 )
 
 __all__ = [
@@ -385,10 +383,8 @@ def _make_sampler_method(original: Callable[..., Any], config: ViFTLlamaFactoryC
         if getattr(getattr(self, "finetuning_args", None), "disable_shuffling", False):
             logger.warning("vift_llamafactory: disable_shuffling is set; keeping the dataset order (no ViFT grouping).")
             return call_compatibly(original, self, *args, **kwargs)
-        dataset = args[0] if args else kwargs.get("train_dataset")
+        dataset = sampler_dataset(self, args, kwargs)
         if dataset is None:
-            dataset = self.train_dataset
-        if dataset is None or not has_length(dataset):
             return call_compatibly(original, self, *args, **kwargs)
         own = self.train_dataset
         if own is not None and own is not dataset and not _has_any_column(dataset, config.visual_columns):
@@ -410,57 +406,38 @@ def role_learning_rates(args: Any, config: ViFTLlamaFactoryConfig) -> dict[str, 
     return {role: base if rate is None else float(rate) for role, rate in rates.items()}
 
 
-def role_param_groups(
-    trainer: Any, model: Any, rates: dict[str, float], config: ViFTLlamaFactoryConfig
-) -> list[dict[str, Any]]:
-    """One optimizer group per (role, decay) holding trainable parameters, each tagged with ``role``."""
-    return _role_param_groups(
-        named_roles(model, config.role_of, "vift_llamafactory"),
-        decay_parameter_names(trainer, model),
-        float(trainer.args.weight_decay),
-        rates,
-    )
-
-
 def _is_8bit(optimizer_cls: Any, kwargs: dict[str, Any]) -> bool:
     """bitsandbytes 8-bit optimizers keep embeddings in 32-bit state, as transformers does."""
     return "bitsandbytes" in str(optimizer_cls) and kwargs.get("optim_bits") == 8
 
 
-def _make_optimizer_method(original: Callable[..., Any], config: ViFTLlamaFactoryConfig) -> Callable[..., Any]:
-    def create_optimizer(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.optimizer is None:
-            model = args[0] if args else kwargs.get("model")
-            model = self.model if model is None else model
-            finetuning_args = getattr(self, "finetuning_args", None)
-            custom = None
-            if finetuning_args is not None:
-                custom = _custom_optimizer_factory()(model, self.args, finetuning_args)
-            if custom is not None:
-                logger.warning(
-                    "vift_llamafactory: the finetuning arguments select a custom optimizer (%s: GaLore, APOLLO, "
-                    "LoRA+, BAdam, Adam-mini or Muon); ViFT's per-module learning rates are not applied.",
-                    type(custom).__name__,
-                )
-                self.optimizer = custom
-            else:
-                optimizer = create_role_optimizer(
-                    self,
-                    model,
-                    lambda: role_learning_rates(self.args, config),
-                    lambda rates: role_param_groups(self, model, rates, config),
-                    logger=logger,
-                    owner="vift_llamafactory",
-                    unapplied="per-module learning rates",
-                    eight_bit=_is_8bit,
-                )
-                if optimizer is None:
-                    return call_compatibly(original, self, *args, **kwargs)
-                self.optimizer = optimizer
-        # The original sees the optimizer set and returns it (through Trainer.create_optimizer's wrapping).
-        return call_compatibly(original, self, *args, **kwargs)
+def _custom_optimizer(trainer: Any, model: Any) -> Any | None:
+    """The optimizer LLaMA-Factory's finetuning arguments select (GaLore, LoRA+, ...), or ``None``."""
+    finetuning_args = getattr(trainer, "finetuning_args", None)
+    if finetuning_args is None:
+        return None
+    custom = _custom_optimizer_factory()(model, trainer.args, finetuning_args)
+    if custom is not None:
+        logger.warning(
+            "vift_llamafactory: the finetuning arguments select a custom optimizer (%s: GaLore, APOLLO, "
+            "LoRA+, BAdam, Adam-mini or Muon); ViFT's per-module learning rates are not applied.",
+            type(custom).__name__,
+        )
+    return custom
 
-    return mark_patched(create_optimizer, "ViFT (vift_llamafactory): one optimizer group per module role and decay.")
+
+def _make_optimizer_method(original: Callable[..., Any], config: ViFTLlamaFactoryConfig) -> Callable[..., Any]:
+    return role_optimizer_method(
+        original,
+        learning_rates=lambda args: role_learning_rates(args, config),
+        role_of=config.role_of,
+        logger=logger,
+        owner="vift_llamafactory",
+        unapplied="per-module learning rates",
+        eight_bit=_is_8bit,
+        doc="ViFT (vift_llamafactory): one optimizer group per module role and decay.",
+        custom=_custom_optimizer,
+    )
 
 
 # --------------------------------------------------------------------------------------- patch handle

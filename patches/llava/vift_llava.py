@@ -46,17 +46,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vift_plugin.training.roles import role_param_groups as _role_param_groups
 from vift_plugin.training.upstream import (
     MethodPatch,
     PatchError,
     call_compatibly,
     check_unpatched,
-    create_role_optimizer,
-    decay_parameter_names,
-    has_length,
     mark_patched,
-    named_roles,
+    role_optimizer_method,
+    sampler_dataset,
 )
 
 __all__ = [
@@ -243,10 +240,8 @@ def _defines(obj: Any, name: str) -> bool:
 
 def _make_sampler_method(original: Callable[..., Any], config: ViFTLLaVAConfig) -> Callable[..., Any]:
     def _get_train_sampler(self: Any, *args: Any, **kwargs: Any) -> Any:
-        dataset = args[0] if args else kwargs.get("train_dataset")
+        dataset = sampler_dataset(self, args, kwargs)
         if dataset is None:
-            dataset = self.train_dataset
-        if dataset is None or not has_length(dataset):
             return call_compatibly(original, self, *args, **kwargs)
         if not _defines(dataset, "modality_lengths") and self.train_dataset is not None:
             dataset = self.train_dataset
@@ -276,18 +271,6 @@ def role_learning_rates(args: Any, config: ViFTLLaVAConfig) -> dict[str, float]:
     }
 
 
-def role_param_groups(
-    trainer: Any, model: Any, rates: dict[str, float], config: ViFTLLaVAConfig
-) -> list[dict[str, Any]]:
-    """One optimizer group per (role, decay) holding trainable parameters, each tagged with ``role``."""
-    return _role_param_groups(
-        named_roles(model, config.role_of, "vift_llava"),
-        decay_parameter_names(trainer, model),
-        float(trainer.args.weight_decay),
-        rates,
-    )
-
-
 def _is_8bit(optimizer_cls: Any, kwargs: dict[str, Any]) -> bool:
     """bitsandbytes 8-bit optimizers keep embeddings in 32-bit state, as transformers and LLaVA do."""
     return optimizer_cls.__name__ == "Adam8bit" or (
@@ -296,29 +279,15 @@ def _is_8bit(optimizer_cls: Any, kwargs: dict[str, Any]) -> bool:
 
 
 def _make_optimizer_method(original: Callable[..., Any], config: ViFTLLaVAConfig) -> Callable[..., Any]:
-    def create_optimizer(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.optimizer is None:
-            model = args[0] if args else kwargs.get("model")
-            model = self.model if model is None else model
-
-            optimizer = create_role_optimizer(
-                self,
-                model,
-                lambda: role_learning_rates(self.args, config),
-                lambda rates: role_param_groups(self, model, rates, config),
-                logger=logger,
-                owner="vift_llava",
-                unapplied="per-role learning rates",
-                eight_bit=_is_8bit,
-            )
-            if optimizer is None:
-                return call_compatibly(original, self, *args, **kwargs)
-            self.optimizer = optimizer
-        # The original returns the optimizer now that it is set (wrapping it where it does, e.g. SageMaker MP).
-        return call_compatibly(original, self, *args, **kwargs)
-
-    return mark_patched(
-        create_optimizer, "ViFT (vift_llava): one optimizer group per role (vision/connector/language) and decay."
+    return role_optimizer_method(
+        original,
+        learning_rates=lambda args: role_learning_rates(args, config),
+        role_of=config.role_of,
+        logger=logger,
+        owner="vift_llava",
+        unapplied="per-role learning rates",
+        eight_bit=_is_8bit,
+        doc="ViFT (vift_llava): one optimizer group per role (vision/connector/language) and decay.",
     )
 
 

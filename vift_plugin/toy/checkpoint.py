@@ -17,18 +17,10 @@ from transformers import PreTrainedTokenizerFast
 
 from vift_plugin.processors import image_only_processor_class
 from vift_plugin.testing import chat_templates
+from vift_plugin.testing.families import QWEN2_VL_SPECIAL_TOKENS
 from vift_plugin.toy.data import ANSWER_MARKER, CAPTION_REQUEST
 from vift_plugin.toy.world import COLOURS, IMAGE_SIZE, NUMBERS, POSITIONS, SHAPES
 
-SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
 PHRASES = (
     *COLOURS,
     *SHAPES,
@@ -58,7 +50,7 @@ def make_word_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {word: i for i, word in enumerate(word_vocabulary())}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN2_VL_SPECIAL_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
@@ -73,7 +65,7 @@ def build_world_model(size: str = "demo", seed: int = 0) -> tuple[transformers.P
     if size not in MODEL_SIZES:
         raise ValueError(f"Unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}.")
     tokenizer = make_word_tokenizer()
-    ids: dict[str, int] = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}  # type: ignore[arg-type]
+    ids: dict[str, int] = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in QWEN2_VL_SPECIAL_TOKENS}  # type: ignore[arg-type]
     dims = MODEL_SIZES[size]
     heads = dims["hidden_size"] // 32
     text = dict(

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
-from vift_plugin.training.roles import ROLES, parameters_by_role
+from vift_plugin.training.roles import ROLES, parameters_by_role, role_param_groups
 
 
 def has_length(dataset: Any) -> bool:
@@ -100,24 +100,26 @@ def keep_embeddings_32bit(model: Any) -> None:
             manager.register_module_override(module, "weight", {"optim_bits": 32})
 
 
-def create_role_optimizer(
+def sampler_dataset(trainer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any | None:
+    """The dataset a ``_get_train_sampler(self[, train_dataset])`` call is for, or ``None`` when it has no length."""
+    dataset = args[0] if args else kwargs.get("train_dataset")
+    if dataset is None:
+        dataset = trainer.train_dataset
+    return dataset if dataset is not None and has_length(dataset) else None
+
+
+def _role_optimizer(
     trainer: Any,
     model: Any,
-    rates: Callable[[], dict[str, float]],
-    groups: Callable[[dict[str, float]], list[dict[str, Any]]],
+    learning_rates: Callable[[Any], dict[str, float]],
+    role_of: Callable[[str], str] | None,
     *,
     logger: logging.Logger,
     owner: str,
     unapplied: str,
     eight_bit: Callable[[Any, dict[str, Any]], bool],
 ) -> Any | None:
-    """The trainer's optimizer class over the per-role groups, or ``None`` where that class builds its own.
-
-    ``rates()`` gives the learning rate per role and ``groups(rates)`` the optimizer groups (see
-    :func:`vift_plugin.training.roles.role_param_groups`); both are called only when the groups will be used.
-    Where ``eight_bit(optimizer_cls, kwargs)``, embeddings keep 32-bit optimizer state. ``owner`` prefixes
-    the messages logged to ``logger``; ``unapplied`` names what is skipped for a factory optimizer.
-    """
+    """The trainer's optimizer class over one group per (role, decay), or ``None`` where that class builds its own."""
     optimizer_cls, optimizer_kwargs = optimizer_cls_and_kwargs(trainer, model)
     if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
         logger.warning(
@@ -125,8 +127,13 @@ def create_role_optimizer(
             getattr(trainer.args, "optim", "?"),
         )
         return None
-    role_rates = rates()
-    param_groups = groups(role_rates)
+    rates = learning_rates(trainer.args)
+    param_groups = role_param_groups(
+        named_roles(model, role_of, owner),
+        decay_parameter_names(trainer, model),
+        float(trainer.args.weight_decay),
+        rates,
+    )
     if not param_groups:
         raise ValueError(f"{owner}: the model has no trainable parameters.")
     optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
@@ -134,11 +141,54 @@ def create_role_optimizer(
         keep_embeddings_32bit(model)
     logger.info(
         f"{owner}: learning rates vision %g, connector %g, language %g.",
-        role_rates["vision"],
-        role_rates["connector"],
-        role_rates["language"],
+        rates["vision"],
+        rates["connector"],
+        rates["language"],
     )
     return optimizer
+
+
+def role_optimizer_method(
+    original: Callable[..., Any],
+    *,
+    learning_rates: Callable[[Any], dict[str, float]],
+    role_of: Callable[[str], str] | None,
+    logger: logging.Logger,
+    owner: str,
+    unapplied: str,
+    eight_bit: Callable[[Any, dict[str, Any]], bool],
+    doc: str,
+    custom: Callable[[Any, Any], Any | None] | None = None,
+) -> Callable[..., Any]:
+    """A ``create_optimizer`` replacement: one optimizer group per (role, decay) at ``learning_rates(args)``.
+
+    ``custom(trainer, model)`` may return an optimizer that upstream's own settings select instead.
+    Where the optimizer class builds its own groups, ``original`` runs unchanged (logged; ``unapplied``
+    names what is skipped). Embeddings keep 32-bit state where ``eight_bit(optimizer_cls, kwargs)``.
+    ``original`` always runs last: it sees the optimizer set and returns it, wrapping it where it does.
+    """
+
+    def create_optimizer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.optimizer is None:
+            model = args[0] if args else kwargs.get("model")
+            model = self.model if model is None else model
+            optimizer = custom(self, model) if custom is not None else None
+            if optimizer is None:
+                optimizer = _role_optimizer(
+                    self,
+                    model,
+                    learning_rates,
+                    role_of,
+                    logger=logger,
+                    owner=owner,
+                    unapplied=unapplied,
+                    eight_bit=eight_bit,
+                )
+            if optimizer is not None:
+                self.optimizer = optimizer
+        return call_compatibly(original, self, *args, **kwargs)
+
+    return mark_patched(create_optimizer, doc)
 
 
 _Patch = TypeVar("_Patch", bound="MethodPatch")
