@@ -16,8 +16,14 @@ from vift_plugin.evaluation.grid_search import NO_MATPLOTLIB
 from vift_plugin.fusion import FusionHandle
 
 
-def point(alpha: float, beta: float, first: int, accuracy: float) -> SweepPoint:
-    summary = {"n": 4, "correct": int(4 * accuracy), "formatted": 4, "accuracy": accuracy, "format_rate": 1.0}
+def point(alpha: float, beta: float, first: int, accuracy: float, format_rate: float = 1.0) -> SweepPoint:
+    summary = {
+        "n": 4,
+        "correct": int(4 * accuracy),
+        "formatted": int(4 * format_rate),
+        "accuracy": accuracy,
+        "format_rate": format_rate,
+    }
     return SweepPoint(alpha, beta, first, list(range(first, 4)), summary)
 
 
@@ -39,6 +45,13 @@ def test_best_point_ties_go_to_the_smaller_beta_then_the_later_first_layer() -> 
     assert result([point(0.9, 0.1, 2, 0.5), point(1.0, 0.1, 2, 0.5)]).best.alpha == 1.0
     config = result(points).best_config
     assert (config.beta, config.layers, config.mode, config.tokens) == (0.1, [2, 3], "official", "all_text")
+
+
+def test_equal_accuracy_goes_to_the_higher_format_rate_before_the_smaller_beta() -> None:
+    points = [point(1.0, 0.1, 2, 0.0, 0.0), point(0.5, 1.0, 1, 0.0, 0.75), point(1.0, 2.0, 2, 0.0, 0.5)]
+    best = result(points).best
+    assert (best.alpha, best.beta, best.first_layer) == (0.5, 1.0, 1)
+    assert result([*points, point(1.0, 0.1, 3, 0.25, 0.25)]).best.first_layer == 3
 
 
 def test_files_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,18 @@ def test_quick_and_full_demo_default_to_separate_folders(
 def test_command_line_overrides_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[demo.DemoConfig] = []
     monkeypatch.setattr(demo, "run_demo", seen.append)
-    main(["demo", "--quick", "--beta", "0.3", "--recipe", "direct", "--vift-steps", "7", "--baseline"])
+    main(["demo", "--quick", "--beta", "0.3", "--recipe", "restate", "--vift-steps", "7", "--baseline", "--no-sweep"])
     (config,) = seen
-    assert (config.beta, config.recipe, config.vift_steps, config.baseline) == (0.3, "direct", 7, True)
+    assert (config.beta, config.recipe, config.vift_steps, config.baseline, config.sweep) == (
+        0.3,
+        "restate",
+        7,
+        True,
+        False,
+    )
     assert config.language_steps == demo.DemoConfig.quick().language_steps
+
+
+def test_unknown_recipe_is_named() -> None:
+    with pytest.raises(ValueError, match="recipe must be one of .*'talk'"):
+        demo.DemoConfig(recipe="talk")

@@ -14,7 +14,7 @@ from vift_plugin.toy.checkpoint import make_word_tokenizer
 from vift_plugin.toy.data import ANSWER_MARKER, WorldSizes, write_world
 from vift_plugin.toy.world import BACKGROUND, CELL, COLOURS, GRID, IMAGE_SIZE, questions, random_scene
 
-SMALL = WorldSizes(captions=30, texts=40, visual_instructions=20, test=25)
+SMALL = WorldSizes(captions=30, texts=40, visual_instructions=20, test=25, dev=10)
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -35,24 +35,45 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
     write_world(tmp_path / "c", SMALL, seed=4)
     a, b, c = (digest(tmp_path / x) for x in "abc")
     assert a == b
-    assert len(a) == 30 + 20 + 25 + 5
+    assert len(a) == 30 + 20 + 25 + 10 + 6
     assert a != c and a.keys() == c.keys()
 
 
-def test_counts_and_held_out_scenes(tmp_path: Path) -> None:
-    files = write_world(tmp_path, SMALL, seed=0)
+@pytest.mark.parametrize("recipe", ["direct", "restate"])
+def test_counts_and_held_out_scenes(tmp_path: Path, recipe: str) -> None:
+    files = write_world(tmp_path, SMALL, seed=0, recipe=recipe)
     counts = {name: len(rows(path)) for name, path in files.items()}
-    assert counts == {"captions": 30, "text": 40, "visual_instructions": 20, "test": 25}
+    assert counts == {"captions": 30, "text": 40, "visual_instructions": 20, "test": 25, "dev": 10}
     test_scenes = {row["caption"] for row in rows(files["test"])}
+    dev_scenes = {row["caption"] for row in rows(files["dev"])}
     trained = {row["messages"][1]["content"][0]["text"] for row in rows(files["captions"])}
     for row in rows(files["text"]):
+        scene, question = row["messages"][0]["content"]
+        trained.add(scene["text"])
         response = row["messages"][1]["content"][0]["text"]
-        trained.add(response.removeprefix("scene: ").split(f" {ANSWER_MARKER}")[0])
-    assert len(trained) > 60 and trained.isdisjoint(test_scenes)
+        assert question["text"].startswith("question: ") and response.endswith(row_answer(response))
+        assert response.startswith(f"scene: {scene['text']} {ANSWER_MARKER}" if recipe == "restate" else ANSWER_MARKER)
+    assert len(trained) > 60 and trained.isdisjoint(test_scenes) and trained.isdisjoint(dev_scenes)
+    assert len(dev_scenes) == 10 and dev_scenes.isdisjoint(test_scenes)
     for row in rows(files["text"]):
         assert row["images"] == [] and ANSWER_MARKER in row["messages"][1]["content"][0]["text"]
-    for row in rows(files["test"]):
-        assert (tmp_path / row["image"]).is_file() and row["type"] in ("colour", "shape", "position", "count")
+    for name in ("test", "dev"):
+        for row in rows(files[name]):
+            assert (tmp_path / row["image"]).is_file() and row["type"] in ("colour", "shape", "position", "count")
+
+
+def row_answer(response: str) -> str:
+    return response.split(f"{ANSWER_MARKER} ")[-1]
+
+
+def test_visual_prompts_put_the_image_where_the_text_prompts_put_the_scene(tmp_path: Path) -> None:
+    files = write_world(tmp_path, SMALL, seed=2)
+    for name in ("captions", "visual_instructions"):
+        for row in rows(files[name]):
+            first, second = row["messages"][0]["content"]
+            assert first["type"] == "image" and second["type"] == "text" and len(row["images"]) == 1
+    for row in rows(files["text"]):
+        assert [part["type"] for part in row["messages"][0]["content"]] == ["text", "text"]
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -58,9 +58,9 @@ class SweepPoint:
         value: float = self.summary["format_rate"]
         return value
 
-    def rank_key(self) -> tuple[float, float, int, float]:
-        """Higher is better: accuracy, then the smaller beta, the later first layer, alpha nearer 1."""
-        return (self.accuracy, -self.beta, self.first_layer, -abs(self.alpha - 1.0))
+    def rank_key(self) -> tuple[float, float, float, int, float]:
+        """Higher is better: accuracy, then format rate, the smaller beta, the later first layer, alpha nearer 1."""
+        return (self.accuracy, self.format_rate, -self.beta, self.first_layer, -abs(self.alpha - 1.0))
 
 
 @dataclass

@@ -14,6 +14,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "baseline": args.baseline,
         "fresh": args.fresh,
+        "sweep": not args.no_sweep,
     }
     for name in ("recipe", "beta", "alpha", "language_steps", "caption_steps", "vift_steps", "batch_size"):
         if getattr(args, name) is not None:
@@ -40,9 +41,14 @@ def add_demo_parser(sub: Any) -> None:
     demo.add_argument("--baseline", action="store_true", help="also train the visual-instruction baseline")
     demo.add_argument("--seed", type=int, default=0, help="seed of the world, the weights and the data order")
     demo.add_argument("--fresh", action="store_true", help="delete OUTPUT_DIR first and retrain every stage")
-    demo.add_argument("--recipe", choices=["restate", "direct"], help="text-instruction answer style")
-    demo.add_argument("--alpha", type=float, help="fusion alpha (default 1.0)")
-    demo.add_argument("--beta", type=float, help="fusion beta")
+    demo.add_argument(
+        "--recipe", choices=["direct", "restate"], help="text-instruction answers: 'answer: X' (default) or scene first"
+    )
+    demo.add_argument("--alpha", type=float, help="fusion alpha of the fixed-weight row (default 1.0, the paper's)")
+    demo.add_argument("--beta", type=float, help="fusion beta of the fixed-weight row (default 0.1, the paper's)")
+    demo.add_argument(
+        "--no-sweep", dest="no_sweep", action="store_true", help="skip choosing fusion weights on the dev questions"
+    )
     demo.add_argument("--language-steps", dest="language_steps", type=int, help="stage 0 steps")
     demo.add_argument("--caption-steps", dest="caption_steps", type=int, help="stage 1 steps")
     demo.add_argument("--vift-steps", dest="vift_steps", type=int, help="stage 2 (and baseline) steps")

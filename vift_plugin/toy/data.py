@@ -3,10 +3,12 @@
 ``write_world(root, sizes)`` writes under ``root``:
 
 - ``captions.jsonl``: image + caption request -> caption (visual perception; ViFT trains on it);
-- ``text.jsonl``: scene *text* + question -> the scene restated, then ``answer: X`` (task solving; ViFT
-  trains on it). The scene text sits where the image sits in the visual prompts;
+- ``text.jsonl``: scene *text* + question -> ``answer: X`` (``direct``) or the scene restated, then
+  ``answer: X`` (``restate``) (task solving; ViFT trains on it). The scene text sits where the image sits
+  in the visual prompts, which are laid out as ``vift eval`` lays out every item: image, then question;
 - ``visual_instructions.jsonl``: image + question -> ``answer: X`` (the baseline's data; ViFT never sees it);
-- ``test.jsonl``: held-out visual QA over scenes absent from every training file, in ``vift eval`` format;
+- ``test.jsonl`` and ``dev.jsonl``: held-out visual QA over scenes absent from every training file and
+  from each other, in ``vift eval`` format (``dev`` is for choosing fusion weights with ``vift sweep``);
 - ``images/``: the PNGs.
 """
 
@@ -36,10 +38,11 @@ class WorldSizes:
     texts: int = 16000
     visual_instructions: int = 6000
     test: int = 400
+    dev: int = 100
 
     @classmethod
     def quick(cls) -> WorldSizes:
-        return cls(captions=800, texts=2400, visual_instructions=800, test=120)
+        return cls(captions=800, texts=2400, visual_instructions=800, test=120, dev=60)
 
 
 def question_prompt(question: Question) -> str:
@@ -47,18 +50,16 @@ def question_prompt(question: Question) -> str:
 
 
 def qa_messages(question: Question, scene: str | None, response: str) -> list[dict[str, Any]]:
-    """The question, then the scene (its text, or the image when ``scene`` is None), then the request."""
-    if scene is None:
-        content = [text_part(question_prompt(question)), image_part(), text_part(CAPTION_REQUEST)]
-    else:
-        content = [text_part(f"{question_prompt(question)} {scene} {CAPTION_REQUEST}")]
+    """The scene (the image when ``scene`` is None, else its text), then the question."""
+    first = image_part() if scene is None else text_part(scene)
+    content = [first, text_part(question_prompt(question))]
     return [{"role": "user", "content": content}, {"role": "assistant", "content": [text_part(response)]}]
 
 
-RECIPES = ("restate", "direct")
+RECIPES = ("direct", "restate")
 
 
-def text_instruction(scene: Scene, question: Question, recipe: str = "restate") -> dict[str, Any]:
+def text_instruction(scene: Scene, question: Question, recipe: str = "direct") -> dict[str, Any]:
     """Question + scene words + request -> ``scene:`` + the scene restated + ``answer: X`` (``restate``),
     or ``answer: X`` alone (``direct``)."""
     if recipe not in RECIPES:
@@ -71,12 +72,12 @@ def text_instruction(scene: Scene, question: Question, recipe: str = "restate") 
 
 
 def visual_instruction(image: str, question: Question) -> dict[str, Any]:
-    """Question + image + request -> ``answer: X``: the baseline's visual instruction."""
+    """Image + question -> ``answer: X``: the baseline's visual instruction."""
     return {"messages": qa_messages(question, None, f"{ANSWER_MARKER} {question.answer}"), "images": [image]}
 
 
 def write_world(
-    root: str | os.PathLike[str], sizes: WorldSizes | None = None, seed: int = 0, recipe: str = "restate"
+    root: str | os.PathLike[str], sizes: WorldSizes | None = None, seed: int = 0, recipe: str = "direct"
 ) -> dict[str, Path]:
     """Write the shapes world under ``root`` (deterministic in ``seed``); return the files by name."""
     sizes = sizes or WorldSizes()
@@ -89,20 +90,27 @@ def write_world(
         scene.render().save(folder / path)
         return path
 
-    test_rows, held_out = [], set()
-    for i, scene in zip(range(sizes.test), scenes(seed + 1), strict=False):
-        held_out.add(scene.key)
-        question = pick_question(scene, rng)
-        test_rows.append(
-            {
-                "id": f"test-{i}",
-                "image": save(scene, f"test-{i}"),
-                "question": question_prompt(question),
-                "answer": question.answer,
-                "type": question.type,
-                "caption": scene.describe(),
-            }
-        )
+    held_out: set[tuple[tuple[int, str, str], ...]] = set()
+
+    def visual_qa(name: str, count: int) -> list[dict[str, Any]]:
+        qa_rows = []
+        for i, scene in zip(range(count), scenes(seed + 1, exclude=set(held_out)), strict=False):
+            held_out.add(scene.key)
+            question = pick_question(scene, rng)
+            qa_rows.append(
+                {
+                    "id": f"{name}-{i}",
+                    "image": save(scene, f"{name}-{i}"),
+                    "question": question_prompt(question),
+                    "answer": question.answer,
+                    "type": question.type,
+                    "caption": scene.describe(),
+                }
+            )
+        return qa_rows
+
+    test_rows = visual_qa("test", sizes.test)
+    dev_rows = visual_qa("dev", sizes.dev)
     train = scenes(seed + 2, exclude=held_out)
     caption_rows = []
     for i, scene in zip(range(sizes.captions), train, strict=False):
@@ -125,12 +133,14 @@ def write_world(
         "text": folder / "text.jsonl",
         "visual_instructions": folder / "visual_instructions.jsonl",
         "test": folder / "test.jsonl",
+        "dev": folder / "dev.jsonl",
     }
     for name, rows in (
         ("captions", caption_rows),
         ("text", text_rows),
         ("visual_instructions", visual_rows),
         ("test", test_rows),
+        ("dev", dev_rows),
     ):
         with atomic_output(files[name]) as handle:
             handle.write("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
@@ -138,9 +148,3 @@ def write_world(
         json.dumps({"seed": seed, "recipe": recipe, **asdict(sizes)}, sort_keys=True), encoding="utf-8"
     )
     return files
-
-
-def visual_question_prompt(item: Any) -> list[dict[str, Any]]:
-    """``vift_plugin.evaluation`` prompt builder for ``test.jsonl``: question, image, request (as trained)."""
-    content = [text_part(item.question), image_part(), text_part(CAPTION_REQUEST)]
-    return [{"role": "user", "content": content}]

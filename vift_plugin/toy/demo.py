@@ -9,8 +9,9 @@ Stages (each a ``ViFTTrainer`` run whose output folder the next one starts from)
 2. ``vift``: ViFT stage 2, captions + text instructions in modality-grouped batches, everything trains.
 B. ``baseline`` (``--baseline``): from stage 1, captions + *visual* instructions, the LLaVA-style reference.
 
-Then the held-out visual QA is answered with plain and with fused inference (and by the baseline), and
-``report.md`` gets the table, example outputs and the loss curves.
+Then ``vift sweep`` picks fusion weights on the dev questions, and the held-out test questions are
+answered with plain inference, with fused inference at the paper's weights and at the swept ones (and by
+the baseline); ``report.md`` gets the table, example outputs, the sweep heatmaps and the loss curves.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vift_plugin.toy.data import CAPTION_REQUEST, WorldSizes, visual_question_prompt, write_world
+from vift_plugin.evaluation.scoring import normalize_answer
+from vift_plugin.toy.data import CAPTION_REQUEST, RECIPES, WorldSizes, write_world
 
 REPORT_NAME = "report.md"
 
@@ -49,18 +52,29 @@ class DemoConfig:
     sizes: WorldSizes = field(default_factory=WorldSizes)
     batch_size: int = field(default=32, metadata={"help": "Per-device training batch size."})
     recipe: str = field(
-        default="restate",
-        metadata={"help": "Text-instruction answers: 'restate' (scene, then answer) or 'direct' (answer only)."},
+        default="direct",
+        metadata={"help": "Text-instruction answers: 'direct' (answer only) or 'restate' (scene, then answer)."},
     )
     language_steps: int = field(default=600, metadata={"help": "Stage 0 steps (text-only LLM pretraining)."})
     caption_steps: int = field(default=2000, metadata={"help": "Stage 1 steps (captions)."})
     vift_steps: int = field(default=2000, metadata={"help": "Stage 2 steps (captions + text instructions)."})
     baseline: bool = field(default=False, metadata={"help": "Also train the visual-instruction baseline."})
-    alpha: float = field(default=1.0, metadata={"help": "Fusion alpha."})
-    beta: float = field(default=0.1, metadata={"help": "Fusion beta."})
+    alpha: float = field(default=1.0, metadata={"help": "Fusion alpha of the fixed-weight row (paper: 1)."})
+    beta: float = field(default=0.1, metadata={"help": "Fusion beta of the fixed-weight row (paper: 0.1)."})
+    sweep: bool = field(default=True, metadata={"help": "Choose fusion weights on the dev questions (vift sweep)."})
+    sweep_alphas: tuple[float, ...] = field(default=(1.0, 0.5), metadata={"help": "Alphas the sweep tries."})
+    sweep_betas: tuple[float, ...] = field(
+        default=(0.1, 0.3, 0.5, 1.0, 2.0), metadata={"help": "Betas the sweep tries."}
+    )
     eval_batch_size: int = field(default=50, metadata={"help": "Questions per generate() call."})
     max_new_tokens: int = field(default=40, metadata={"help": "Generation budget per answer."})
     fresh: bool = field(default=False, metadata={"help": "Retrain stages whose outputs already exist."})
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.sweep and (not self.sweep_alphas or not self.sweep_betas):
+            raise ValueError("the sweep needs at least one alpha and one beta (or sweep=False)")
 
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:
@@ -179,6 +193,17 @@ class DemoRow:
     predictions: list[str]
 
 
+def _with_leading(result: Any, mode: str) -> dict[str, Any]:
+    """``result.summary[mode]`` plus ``leading_accuracy``: the share of answers whose text after ``answer:``
+    *begins* with the reference phrase (``answer: green circle at ...`` for ``green``). Exact match counts
+    those as wrong; this column shows whether the answer is there before a caption-like tail."""
+    hits = 0
+    for score in result.scores[mode]:
+        text, gold = normalize_answer(score.extracted), normalize_answer(score.answer)
+        hits += score.formatted and bool(gold) and (text == gold or text.startswith(gold + " "))
+    return {**result.summary[mode], "leading_accuracy": hits / max(1, len(result.scores[mode]))}
+
+
 def _majority_guess(test: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy of always answering each question type's most common test answer: the guessing floor."""
     by_type: dict[str, list[str]] = {}
@@ -187,6 +212,7 @@ def _majority_guess(test: list[dict[str, Any]]) -> dict[str, Any]:
     correct = {kind: max(answers.count(a) for a in set(answers)) for kind, answers in by_type.items()}
     return {
         "accuracy": sum(correct.values()) / len(test),
+        "leading_accuracy": sum(correct.values()) / len(test),
         "format_rate": 1.0,
         "n": len(test),
         "by_type": {
@@ -195,43 +221,79 @@ def _majority_guess(test: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def evaluate_stages(config: DemoConfig, outputs: dict[str, Path], test_file: Path) -> list[DemoRow]:
-    """Plain and fused answers of the ViFT model (and the baseline's), plus the ViFT model's captions."""
+def sweep_fusion(config: DemoConfig, model: Any, processor: Any, dev_file: Path) -> Any:
+    """``vift sweep`` over ``config.sweep_alphas x sweep_betas x`` first layers at a quarter and half of the
+    decoder on the dev questions; files in ``OUTPUT_DIR/sweep-vift``. Returns the ``SweepResult``."""
+    from vift_plugin.evaluation import sweep
+    from vift_plugin.layers import find_decoder_layers
+
+    layers = len(find_decoder_layers(model))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"beta=.* > 0\.4")
+        return sweep(
+            model,
+            processor,
+            dev_file,
+            config.sweep_alphas,
+            config.sweep_betas,
+            sorted({layers // 4, layers // 2}),
+            batch_size=config.eval_batch_size,
+            max_new_tokens=config.max_new_tokens,
+            output_dir=Path(config.output_dir) / SWEEP_DIR,
+        )
+
+
+SWEEP_DIR = "sweep-vift"
+VIFT = "ViFT (captions + text only)"
+
+
+def _fused_label(fusion: Any, num_layers: int, chosen: str) -> str:
+    layers = fusion.layers or list(range(num_layers // 2, num_layers))
+    span = f"layers {min(layers)}-{max(layers)} of {num_layers}"
+    return f"fused (alpha {fusion.alpha:g}, beta {fusion.beta:g}, {span}; {chosen})"
+
+
+def evaluate_stages(config: DemoConfig, outputs: dict[str, Path], world: dict[str, Path]) -> list[DemoRow]:
+    """Plain and fused answers of the ViFT model (fixed weights, and swept on dev when ``config.sweep``),
+    the baseline's answers, and the ViFT model's captions of the test images."""
     from vift_plugin.config import FusionConfig
     from vift_plugin.evaluation import evaluate, load_model, write_results
+    from vift_plugin.layers import find_decoder_layers
 
-    fusion = FusionConfig(alpha=config.alpha, beta=config.beta)
+    test_file, root = world["test"], Path(config.output_dir)
     settings: dict[str, Any] = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens)
-    asked = dict(settings, prompt_builder=visual_question_prompt)
     rows: list[DemoRow] = []
     model, processor = load_model(str(outputs["vift"]), dtype="float32")
-    result = evaluate(model, processor, test_file, ("plain", "fused"), fusion=fusion, **asked)
-    write_results(result, Path(config.output_dir) / "eval-vift")
-    rows.append(DemoRow("ViFT (captions + text only)", "plain", result.summary["plain"], result.predictions("plain")))
-    fused = f"fused (alpha {config.alpha:g}, beta {config.beta:g})"
-    rows.append(DemoRow("ViFT (captions + text only)", fused, result.summary["fused"], result.predictions("fused")))
+    num_layers = len(find_decoder_layers(model))
+    fixed = FusionConfig(alpha=config.alpha, beta=config.beta)
+    result = evaluate(model, processor, test_file, ("plain", "fused"), fusion=fixed, **settings)
+    write_results(result, root / "eval-vift")
+    rows.append(DemoRow(VIFT, "plain", _with_leading(result, "plain"), result.predictions("plain")))
+    label = _fused_label(fixed, num_layers, "fixed")
+    rows.append(DemoRow(VIFT, label, _with_leading(result, "fused"), result.predictions("fused")))
+    if config.sweep:
+        print("== choosing fusion weights on the dev questions (vift sweep) ==", flush=True)
+        chosen = sweep_fusion(config, model, processor, world["dev"]).best_config
+        swept = evaluate(model, processor, test_file, ("fused",), fusion=chosen, **settings)
+        write_results(swept, root / "eval-vift-swept")
+        label = _fused_label(chosen, num_layers, "swept on dev")
+        rows.append(DemoRow(VIFT, label, _with_leading(swept, "fused"), swept.predictions("fused")))
     test = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines()]
     captions = [
         {"id": row["id"], "image": row["image"], "question": CAPTION_REQUEST, "answer": row["caption"]} for row in test
     ]
     described = evaluate(
-        model,
-        processor,
-        captions,
-        ("plain",),
-        answer_markers=None,
-        image_root=test_file.parent,
-        **settings,
+        model, processor, captions, ("plain",), answer_markers=None, image_root=test_file.parent, **settings
     )
     caption_summary = {k: v for k, v in described.summary["plain"].items() if k != "format_rate"}
     rows.append(DemoRow("ViFT, captioning the test images", "plain", caption_summary, []))
     del model
     if "baseline" in outputs:
         model, processor = load_model(str(outputs["baseline"]), dtype="float32")
-        result = evaluate(model, processor, test_file, ("plain",), **asked)
-        write_results(result, Path(config.output_dir) / "eval-baseline")
+        result = evaluate(model, processor, test_file, ("plain",), **settings)
+        write_results(result, root / "eval-baseline")
         rows.append(
-            DemoRow("Visual-instruction baseline", "plain", result.summary["plain"], result.predictions("plain"))
+            DemoRow("Visual-instruction baseline", "plain", _with_leading(result, "plain"), result.predictions("plain"))
         )
     rows.append(DemoRow("Guessing (majority answer per type)", "-", _majority_guess(test), []))
     return rows
@@ -245,15 +307,19 @@ def results_table(rows: list[DemoRow]) -> str:
     """Markdown: one line per model x inference, exact match overall and per question type."""
     kinds = sorted({kind for row in rows for kind in row.summary.get("by_type", {})})
     lines = [
-        "| model | inference | exact match | answer format | " + " | ".join(kinds) + " |",
-        "| --- | --- | --- | --- |" + " --- |" * len(kinds),
+        "| model | inference | exact match | answer format | answer leads | " + " | ".join(kinds) + " |",
+        "| --- | --- | --- | --- | --- |" + " --- |" * len(kinds),
     ]
     for row in rows:
         by_type = row.summary.get("by_type", {})
         cells = [_percent(by_type[k]["accuracy"]) if k in by_type else "-" for k in kinds]
-        fmt = _percent(row.summary["format_rate"]) if "format_rate" in row.summary else "-"
+        fmt, leads = (
+            _percent(row.summary[key]) if key in row.summary else "-" for key in ("format_rate", "leading_accuracy")
+        )
         lines.append(
-            f"| {row.label} | {row.mode} | {_percent(row.summary['accuracy'])} | {fmt} | " + " | ".join(cells) + " |"
+            f"| {row.label} | {row.mode} | {_percent(row.summary['accuracy'])} | {fmt} | {leads} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -294,6 +360,21 @@ def write_report(
     curves = [
         f"![{name}]({folder.name}/loss.png)" for name, folder in outputs.items() if (folder / "loss.png").is_file()
     ]
+    sweep_lines = []
+    if config.sweep:
+        maps = sorted((root / SWEEP_DIR).glob("heatmap_alpha_*.png"))
+        sweep_lines = [
+            "## Fusion weights",
+            "",
+            "The fixed row uses the paper's weights, chosen for a 28-layer 7B model. The swept row uses the "
+            f"weights `vift sweep` chose on {config.sizes.dev} dev questions (scenes in neither the training "
+            f"files nor the test set): alphas {list(config.sweep_alphas)}, betas {list(config.sweep_betas)}, "
+            f"ranked by exact match, then answer format. Every point: `{SWEEP_DIR}/sweep.md`; the chosen "
+            f"config: `{SWEEP_DIR}/best_fusion_config.json` (`vift eval --fusion-config` reads it).",
+            "",
+            *(f"![{path.stem}]({SWEEP_DIR}/{path.name})" for path in maps),
+            "",
+        ]
     text = "\n".join(
         [
             "# ViFT on the shapes world",
@@ -301,7 +382,10 @@ def write_report(
             f"Held-out visual QA: {len(test)} questions about scenes that no training file contains. "
             "ViFT never saw an image paired with a question: it learned captions (images) and "
             "scene-text instructions (text only). Answers count as correct when the text after the last "
-            "`answer:` (or the whole output, when there is none) equals the reference.",
+            "`answer:` (or the whole output, when there is none) equals the reference; they follow the answer "
+            "format when they contain `answer:` followed by some text, and the answer leads when that text "
+            "begins with the reference (`answer: green circle at the top left` for `green`). Exact match "
+            "and the per-type columns are strict.",
             "",
             results_table(rows),
             "Stages:",
@@ -313,6 +397,7 @@ def write_report(
             "## Example outputs",
             "",
             examples_table(rows, test),
+            *sweep_lines,
             "## Loss curves",
             "",
             *curves,
@@ -341,7 +426,7 @@ def run_demo(config: DemoConfig) -> Path:
     timings: dict[str, float] = {}
     outputs = train_stages(config, world, base, timings)
     print("\n== evaluating on the held-out visual questions ==", flush=True)
-    rows = evaluate_stages(config, outputs, world["test"])
+    rows = evaluate_stages(config, outputs, world)
     report = write_report(config, rows, outputs, world_dir, timings)
     print("\n" + results_table(rows), flush=True)
     print(f"report: {report}", flush=True)
