@@ -30,14 +30,14 @@ def add_demo_parser(sub: Any) -> None:
         help="train a small Qwen2-VL on the shapes world with ViFT and compare plain vs fused inference (offline)",
         description="Builds a small Qwen2-VL-architecture model from config, trains it on captions and "
         "text-only instructions (ViFT stages 1 and 2), then answers held-out visual questions with plain and "
-        "with fused inference. Writes OUTPUT_DIR/report.md. About 11.5 minutes on 2 CPU cores "
-        "(15.5 with --baseline); --quick: 2.",
+        "with fused inference (the paper's weights, and weights vift sweep chose on dev questions). Writes "
+        "OUTPUT_DIR/report.md. About 11 minutes on 2 CPU cores (15 with --baseline); --quick: under 1.",
     )
     demo.add_argument(
         "--output-dir",
         help="where the world, checkpoints and report go (default vift_demo, or vift_demo_quick with --quick)",
     )
-    demo.add_argument("--quick", action="store_true", help="a smaller world and model, fewer steps (~2 minutes)")
+    demo.add_argument("--quick", action="store_true", help="a smaller world and model, fewer steps (under a minute)")
     demo.add_argument("--baseline", action="store_true", help="also train the visual-instruction baseline")
     demo.add_argument("--seed", type=int, default=0, help="seed of the world, the weights and the data order")
     demo.add_argument("--fresh", action="store_true", help="delete OUTPUT_DIR first and retrain every stage")
