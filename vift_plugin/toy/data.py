@@ -60,8 +60,8 @@ RECIPES = ("direct", "restate")
 
 
 def text_instruction(scene: Scene, question: Question, recipe: str = "direct") -> dict[str, Any]:
-    """Question + scene words + request -> ``scene:`` + the scene restated + ``answer: X`` (``restate``),
-    or ``answer: X`` alone (``direct``)."""
+    """Scene words + question -> ``answer: X`` (``direct``), or ``scene:`` + the scene restated +
+    ``answer: X`` (``restate``)."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     caption = scene.describe()

@@ -78,7 +78,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:
-        """A smaller world and fewer steps: about two CPU minutes."""
+        """A smaller world, the tiny model and fewer steps: under a minute on 2 CPU cores."""
         settings: dict[str, Any] = dict(
             output_dir="vift_demo_quick",
             sizes=WorldSizes.quick(),
@@ -210,9 +210,10 @@ def _majority_guess(test: list[dict[str, Any]]) -> dict[str, Any]:
     for row in test:
         by_type.setdefault(row["type"], []).append(row["answer"])
     correct = {kind: max(answers.count(a) for a in set(answers)) for kind, answers in by_type.items()}
+    accuracy = sum(correct.values()) / len(test)
     return {
-        "accuracy": sum(correct.values()) / len(test),
-        "leading_accuracy": sum(correct.values()) / len(test),
+        "accuracy": accuracy,
+        "leading_accuracy": accuracy,
         "format_rate": 1.0,
         "n": len(test),
         "by_type": {
@@ -221,13 +222,11 @@ def _majority_guess(test: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def sweep_fusion(config: DemoConfig, model: Any, processor: Any, dev_file: Path) -> Any:
+def sweep_fusion(config: DemoConfig, model: Any, processor: Any, dev_file: Path, num_layers: int) -> Any:
     """``vift sweep`` over ``config.sweep_alphas x sweep_betas x`` first layers at a quarter and half of the
-    decoder on the dev questions; files in ``OUTPUT_DIR/sweep-vift``. Returns the ``SweepResult``."""
+    ``num_layers`` decoder on the dev questions; files in ``OUTPUT_DIR/sweep-vift``. Returns the ``SweepResult``."""
     from vift_plugin.evaluation import sweep
-    from vift_plugin.layers import find_decoder_layers
 
-    layers = len(find_decoder_layers(model))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"beta=.* > 0\.4")
         return sweep(
@@ -236,7 +235,7 @@ def sweep_fusion(config: DemoConfig, model: Any, processor: Any, dev_file: Path)
             dev_file,
             config.sweep_alphas,
             config.sweep_betas,
-            sorted({layers // 4, layers // 2}),
+            sorted({num_layers // 4, num_layers // 2}),
             batch_size=config.eval_batch_size,
             max_new_tokens=config.max_new_tokens,
             output_dir=Path(config.output_dir) / SWEEP_DIR,
@@ -248,7 +247,7 @@ VIFT = "ViFT (captions + text only)"
 
 
 def _fused_label(fusion: Any, num_layers: int, chosen: str) -> str:
-    layers = fusion.layers or list(range(num_layers // 2, num_layers))
+    layers = fusion.resolve_layers(num_layers)
     span = f"layers {min(layers)}-{max(layers)} of {num_layers}"
     return f"fused (alpha {fusion.alpha:g}, beta {fusion.beta:g}, {span}; {chosen})"
 
@@ -273,7 +272,7 @@ def evaluate_stages(config: DemoConfig, outputs: dict[str, Path], world: dict[st
     rows.append(DemoRow(VIFT, label, _with_leading(result, "fused"), result.predictions("fused")))
     if config.sweep:
         print("== choosing fusion weights on the dev questions (vift sweep) ==", flush=True)
-        chosen = sweep_fusion(config, model, processor, world["dev"]).best_config
+        chosen = sweep_fusion(config, model, processor, world["dev"], num_layers).best_config
         swept = evaluate(model, processor, test_file, ("fused",), fusion=chosen, **settings)
         write_results(swept, root / "eval-vift-swept")
         label = _fused_label(chosen, num_layers, "swept on dev")
