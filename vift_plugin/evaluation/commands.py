@@ -75,6 +75,16 @@ def _markers(args: argparse.Namespace) -> Any:
     return tuple(args.answer_marker) if args.answer_marker else DEFAULT_MARKERS
 
 
+def _inference_modes(value: str) -> list[str]:
+    from vift_plugin.evaluation.evaluator import MODES
+
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(MODES)} (comma-separated), got {value!r}")
+    return list(dict.fromkeys(modes))
+
+
 def _default_output(kind: str, model: str, data: str) -> str:
     return os.path.join(f"vift-{kind}", f"{Path(model).name or 'model'}-{Path(data).stem}")
 
@@ -96,7 +106,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         model,
         processor,
         items,
-        modes=args.modes,
+        modes=list(dict.fromkeys(mode for group in args.inference for mode in group)),
         fusion=fusion_from_args(args, model),
         answer_markers=_markers(args),
         prompt_suffix=args.prompt_suffix,
@@ -104,6 +114,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_pixels=args.max_pixels,
         progress=not args.no_progress,
+        describe_request=args.describe_request,
     )
     output = args.output_dir or _default_output("eval", args.model, args.data)
     paths = write_results(result, output)
@@ -184,7 +195,22 @@ def add_eval_parsers(sub: Any) -> None:
         "multiple choice; writes predictions.jsonl, summary.json and summary.md and prints the summary.",
     )
     _common(evaluate)
-    evaluate.add_argument("--modes", nargs="+", choices=["plain", "fused"], default=["plain", "fused"])
+    evaluate.add_argument(
+        "--inference",
+        "--modes",
+        type=_inference_modes,
+        nargs="+",
+        default=[["plain", "fused"]],
+        metavar="MODES",
+        help="inference modes, comma- or space-separated: plain, fused (ability fusion), cascade (describe the "
+        "image, then "
+        "answer from the description as text); default plain,fused",
+    )
+    evaluate.add_argument(
+        "--describe-request",
+        help="caption request of the cascade's describe pass (default: 'Describe the image in detail.'); use "
+        "the request your caption data was trained with",
+    )
     evaluate.add_argument(
         "--fusion-config",
         metavar="JSON_OR_DIR",

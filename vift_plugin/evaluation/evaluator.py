@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vift_plugin.cascade import DEFAULT_DESCRIBE_REQUEST
 from vift_plugin.config import FusionConfig
 from vift_plugin.data.files import atomic_output
 from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items
-from vift_plugin.evaluation.runner import PromptBuilder, active_fusion, generate_answers
+from vift_plugin.evaluation.runner import PromptBuilder, active_fusion, cascade_answers, generate_answers
 from vift_plugin.evaluation.scoring import DEFAULT_MARKERS, Score, marker_list, score_all, summarize
 
-MODES = ("plain", "fused")
+MODES = ("plain", "fused", "cascade")
 PREDICTIONS_NAME = "predictions.jsonl"
 SUMMARY_JSON_NAME = "summary.json"
 SUMMARY_MD_NAME = "summary.md"
@@ -31,6 +32,7 @@ class EvalResult:
     fusion: FusionConfig | None = None
     answer_markers: tuple[str, ...] = DEFAULT_MARKERS
     settings: dict[str, Any] = field(default_factory=dict)
+    descriptions: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def modes(self) -> list[str]:
@@ -80,12 +82,17 @@ def evaluate(
     max_pixels: int | None = None,
     generate_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    describe_request: str | None = None,
 ) -> EvalResult:
     """Generate greedy answers to ``items`` in each mode and score them.
 
     ``items``: a benchmark file, :class:`BenchmarkItem` objects or row dicts (``image`` may be a path
     or a PIL image). ``"plain"`` runs ``generate(vift=False)``; ``"fused"`` runs with ``fusion``, else
     the model's enabled config, else ``FusionConfig()``; the model's own state is restored afterwards.
+    ``"cascade"`` describes each image under ``describe_request`` (default
+    :data:`~vift_plugin.cascade.DEFAULT_DESCRIBE_REQUEST`), then answers the prompt with the description
+    in the image's place (:func:`~vift_plugin.cascade.cascade_generate`); the descriptions are kept in
+    ``EvalResult.descriptions["cascade"]`` and in the predictions file.
     ``prompt_builder(item)`` (text or whole chat messages) replaces the default prompt (question,
     lettered options, ``prompt_suffix``). ``answer_markers`` set where the final answer starts, in the
     output and in references such as ``"... answer : red"``; ``None`` scores the whole output.
@@ -94,7 +101,24 @@ def evaluate(
     benchmark = as_items(items, image_root)
     markers = marker_list(answer_markers)
     scores: dict[str, list[Score]] = {}
+    descriptions: dict[str, list[str]] = {}
     for mode in chosen:
+        if mode == "cascade":
+            predictions, descriptions[mode] = cascade_answers(
+                model,
+                processor,
+                benchmark,
+                describe_request=describe_request,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                prompt_suffix=prompt_suffix,
+                prompt_builder=prompt_builder,
+                max_pixels=max_pixels,
+                generate_kwargs=generate_kwargs,
+                progress=progress,
+            )
+            scores[mode] = score_all(predictions, benchmark, markers)
+            continue
         predictions = generate_answers(
             model,
             processor,
@@ -112,7 +136,13 @@ def evaluate(
         )
         scores[mode] = score_all(predictions, benchmark, markers)
     used = active_fusion(model, fusion) if "fused" in chosen else None
-    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "prompt_suffix": prompt_suffix}
+    settings: dict[str, Any] = {
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "prompt_suffix": prompt_suffix,
+    }
+    if "cascade" in chosen:
+        settings["describe_request"] = describe_request or DEFAULT_DESCRIBE_REQUEST
     return EvalResult(
         items=benchmark,
         scores=scores,
@@ -120,6 +150,7 @@ def evaluate(
         fusion=used,
         answer_markers=markers,
         settings=settings,
+        descriptions=descriptions,
     )
 
 
@@ -167,6 +198,8 @@ def prediction_rows(result: EvalResult) -> Iterable[dict[str, Any]]:
                 "formatted": score.formatted,
                 "answer": item.answer,
             }
+            if mode in result.descriptions:
+                row["description"] = result.descriptions[mode][index]
             if item.choices:
                 row["choice"] = score.choice
             if item.type is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -17,6 +17,7 @@ from vift_plugin.config import FusionConfig
 from vift_plugin.evaluation.benchmark import LETTERS, BenchmarkItem
 
 Messages = list[dict[str, Any]]
+T = TypeVar("T")
 PromptBuilder = Callable[[BenchmarkItem], "str | Messages"]
 
 
@@ -75,11 +76,32 @@ class _NoBar:
         pass
 
 
-def batches(items: Sequence[BenchmarkItem], batch_size: int) -> Iterator[Sequence[BenchmarkItem]]:
+def batches(items: Sequence[T], batch_size: int) -> Iterator[Sequence[T]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(items), batch_size):
         yield items[start : start + batch_size]
+
+
+def encode_messages(processor: Any, conversations: Sequence[Messages], images: Sequence[list[Any]] | None) -> Any:
+    """The processor's left-padded encoding of ``conversations`` (chat template with a generation prompt);
+    ``images[i]`` are the loaded images of conversation ``i``, ``None`` for a text-only batch."""
+    texts = [
+        processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        for messages in conversations
+    ]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    side = getattr(tokenizer, "padding_side", None)
+    tokenizer.padding_side = "left"
+    try:
+        if images is None:
+            try:
+                return processor(text=texts, padding=True, return_tensors="pt")
+            except ValueError:  # processors that require images (PaliGemma): the tokenizer alone
+                return tokenizer(texts, padding=True, return_tensors="pt")
+        return processor(text=texts, images=list(images), padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
 
 
 def encode_batch(
@@ -93,20 +115,9 @@ def encode_batch(
     """The processor's left-padded encoding of ``items`` (chat template with a generation prompt)."""
     from vift_plugin.data.images import load_image
 
-    texts = [
-        processor.apply_chat_template(
-            item_messages(item, prompt_suffix, prompt_builder), add_generation_prompt=True, tokenize=False
-        )
-        for item in items
-    ]
+    conversations = [item_messages(item, prompt_suffix, prompt_builder) for item in items]
     images = [[load_image(item.image, max_pixels=max_pixels)] for item in items]
-    tokenizer = getattr(processor, "tokenizer", processor)
-    side = getattr(tokenizer, "padding_side", None)
-    tokenizer.padding_side = "left"
-    try:
-        return processor(text=texts, images=images, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = side
+    return encode_messages(processor, conversations, images)
 
 
 def encoded_batches(
@@ -234,3 +245,45 @@ def generate_answers(
     finally:
         bar.close()
     return answers
+
+
+def cascade_answers(
+    model: Any,
+    processor: Any,
+    items: Sequence[BenchmarkItem],
+    *,
+    describe_request: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    prompt_suffix: str | None = None,
+    prompt_builder: PromptBuilder | None = None,
+    max_pixels: int | None = None,
+    generate_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[list[str], list[str]]:
+    """``(answers, descriptions)`` of every item by :func:`~vift_plugin.cascade.cascade_generate`: each image
+    described under ``describe_request``, then the item's prompt answered with the description in its place."""
+    from vift_plugin.cascade import DEFAULT_DESCRIBE_REQUEST, cascade_generate
+
+    answers: list[str] = []
+    descriptions: list[str] = []
+    bar = progress_bar(len(items), "cascade", progress)
+    try:
+        for chunk in batches(items, batch_size):
+            outputs = cascade_generate(
+                model,
+                processor,
+                [item_messages(item, prompt_suffix, prompt_builder) for item in chunk],
+                [item.image for item in chunk],
+                describe_request=describe_request or DEFAULT_DESCRIBE_REQUEST,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                max_pixels=max_pixels,
+                generate_kwargs=generate_kwargs,
+            )
+            answers += [output.answer for output in outputs]
+            descriptions += [output.description for output in outputs]
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return answers, descriptions
