@@ -11,12 +11,15 @@ from vift_plugin._lazy import lazy_attributes
 from vift_plugin._version import __version__
 
 if TYPE_CHECKING:
+    from vift_plugin.cascade import CascadeAnswer, cascade_generate
     from vift_plugin.config import FusionConfig
     from vift_plugin.fusion import FusionGenerationMixin, disable_vift, enable_vift, fusion_config, vift_fusion
     from vift_plugin.layers import find_decoder_layers
     from vift_plugin.processors import load_processor
 
 _WHERE = {
+    "CascadeAnswer": "vift_plugin.cascade",
+    "cascade_generate": "vift_plugin.cascade",
     "FusionConfig": "vift_plugin.config",
     "FusionGenerationMixin": "vift_plugin.fusion",
     "disable_vift": "vift_plugin.fusion",
@@ -28,9 +31,11 @@ _WHERE = {
 }
 
 __all__ = [
+    "CascadeAnswer",
     "FusionConfig",
     "FusionGenerationMixin",
     "__version__",
+    "cascade_generate",
     "disable_vift",
     "enable_vift",
     "find_decoder_layers",

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from vift_plugin.toy.checkpoint import make_word_tokenizer
-from vift_plugin.toy.data import ANSWER_MARKER, WorldSizes, write_world
+from vift_plugin.toy.data import ANSWER_MARKER, CAPTION_REQUEST, WorldSizes, write_world
 from vift_plugin.toy.world import BACKGROUND, CELL, COLOURS, GRID, IMAGE_SIZE, questions, random_scene
 
-SMALL = WorldSizes(captions=30, texts=40, visual_instructions=20, test=25, dev=10)
+SMALL = WorldSizes(captions=30, texts=40, scene_texts=15, visual_instructions=20, test=25, dev=10)
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -35,7 +35,7 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
     write_world(tmp_path / "c", SMALL, seed=4)
     a, b, c = (digest(tmp_path / x) for x in "abc")
     assert a == b
-    assert len(a) == 30 + 20 + 25 + 10 + 6
+    assert len(a) == 30 + 20 + 25 + 10 + 7
     assert a != c and a.keys() == c.keys()
 
 
@@ -43,7 +43,7 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
 def test_counts_and_held_out_scenes(tmp_path: Path, recipe: str) -> None:
     files = write_world(tmp_path, SMALL, seed=0, recipe=recipe)
     counts = {name: len(rows(path)) for name, path in files.items()}
-    assert counts == {"captions": 30, "text": 40, "visual_instructions": 20, "test": 25, "dev": 10}
+    assert counts == {"captions": 30, "text": 40, "scene_texts": 15, "visual_instructions": 20, "test": 25, "dev": 10}
     test_scenes = {row["caption"] for row in rows(files["test"])}
     dev_scenes = {row["caption"] for row in rows(files["dev"])}
     trained = {row["messages"][1]["content"][0]["text"] for row in rows(files["captions"])}
@@ -57,6 +57,10 @@ def test_counts_and_held_out_scenes(tmp_path: Path, recipe: str) -> None:
     assert len(dev_scenes) == 10 and dev_scenes.isdisjoint(test_scenes)
     for row in rows(files["text"]):
         assert row["images"] == [] and ANSWER_MARKER in row["messages"][1]["content"][0]["text"]
+    for row in rows(files["scene_texts"]):
+        scene, request = row["messages"][0]["content"]
+        assert row["images"] == [] and request["text"] == CAPTION_REQUEST
+        assert row["messages"][1]["content"][0]["text"] == scene["text"] and scene["text"] not in test_scenes
     for name in ("test", "dev"):
         for row in rows(files[name]):
             assert (tmp_path / row["image"]).is_file() and row["type"] in ("colour", "shape", "position", "count")
@@ -130,10 +134,13 @@ def test_checkpoint_loads_like_a_downloaded_one(tmp_path: Path) -> None:
     path = make_world_checkpoint(tmp_path / "ckpt", "tiny")
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = load_processor(path)
-    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert model.config.text_config.model_type == "qwen2"
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe the scene."}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     picture = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
     batch = processor(text=[text], images=[picture], return_tensors="pt")
     assert int((batch["input_ids"] == model.config.image_token_id).sum()) == GRID * GRID
+    features = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+    assert [f.shape for f in features] == [(GRID * GRID, model.config.text_config.hidden_size)]  # one per cell
     assert model(**batch).logits.shape[-1] == model.config.text_config.vocab_size

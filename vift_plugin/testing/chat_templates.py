@@ -121,4 +121,4 @@ MISTRAL3 = (
     "{%- endfor -%}"
 )
 
-QWEN2_VL_NO_SYSTEM = _chatml("<|vision_start|><|image_pad|><|vision_end|>", None)
+CHATML_NO_SYSTEM_IMAGE_TOKEN = _chatml("<image>", None)

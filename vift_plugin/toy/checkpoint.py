@@ -1,8 +1,12 @@
-"""A small Qwen2-VL-architecture checkpoint for the shapes world, built from config with an offline word tokenizer.
+"""The shapes world's model: the paper's layout (vision tower, 2-layer MLP connector, Qwen2 language model)
+in the LLaVA architecture, built from config with an offline word tokenizer.
 
 The tokenizer knows every word of the shapes world (one id per word or punctuation mark), so a caption is
-~20 tokens and the whole demo trains on a laptop CPU. The image processor keeps pictures at
-84x84 pixels: 36 patches of 14 pixels, merged 2x2 into 9 image tokens, one per grid cell.
+~20 tokens and the whole demo trains on a laptop CPU. The vision tower is a CLIP-style ViT whose patches are
+the scene's grid cells (``CELL`` pixels): an 84x84 picture becomes 9 image tokens, one per cell, each with
+its learned position embedding, projected into the language model by LLaVA's 2-layer MLP. (A Qwen2-VL
+build of the same size, whose image tokens carry no absolute position and a near-constant learned
+component, did not learn to see here: its captions ignored the picture, loss equal with shuffled images.)
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import transformers
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from vift_plugin.processors import image_only_processor_class
 from vift_plugin.testing import chat_templates
 from vift_plugin.testing.families import QWEN2_VL_SPECIAL_TOKENS
 from vift_plugin.toy.data import ANSWER_MARKER, CAPTION_REQUEST
-from vift_plugin.toy.world import COLOURS, IMAGE_SIZE, NUMBERS, POSITIONS, SHAPES
+from vift_plugin.toy.world import CELL, COLOURS, GRID, IMAGE_SIZE, NUMBERS, POSITIONS, SHAPES
 
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = (*QWEN2_VL_SPECIAL_TOKENS, IMAGE_TOKEN)
 PHRASES = (
     *COLOURS,
     *SHAPES,
@@ -34,8 +39,8 @@ PHRASES = (
     ". , ? : ! -",
 )
 MODEL_SIZES: dict[str, dict[str, int]] = {
-    "demo": {"hidden_size": 128, "num_hidden_layers": 6, "intermediate_size": 384},
-    "tiny": {"hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 192},
+    "demo": {"hidden_size": 128, "num_hidden_layers": 6, "intermediate_size": 384, "vision_hidden_size": 128},
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 192, "vision_hidden_size": 64},
 }
 
 
@@ -50,7 +55,7 @@ def make_word_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {word: i for i, word in enumerate(word_vocabulary())}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN2_VL_SPECIAL_TOKENS])
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
@@ -61,15 +66,17 @@ def make_word_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_world_model(size: str = "demo", seed: int = 0) -> tuple[transformers.PreTrainedModel, object]:
-    """A randomly initialised Qwen2-VL model (``MODEL_SIZES[size]``) and its processor, in memory."""
+    """A randomly initialised LLaVA-architecture model (``MODEL_SIZES[size]``) and its processor, in memory."""
     if size not in MODEL_SIZES:
         raise ValueError(f"Unknown model size {size!r}; choose one of {sorted(MODEL_SIZES)}.")
     tokenizer = make_word_tokenizer()
-    ids: dict[str, int] = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in QWEN2_VL_SPECIAL_TOKENS}  # type: ignore[arg-type]
-    dims = MODEL_SIZES[size]
+    ids: dict[str, int] = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}  # type: ignore[arg-type]
+    dims = dict(MODEL_SIZES[size])
+    vision_hidden = dims.pop("vision_hidden_size")
     heads = dims["hidden_size"] // 32
     text = dict(
         dims,
+        model_type="qwen2",
         vocab_size=len(tokenizer),
         num_attention_heads=heads,
         num_key_value_heads=heads,
@@ -79,21 +86,36 @@ def build_world_model(size: str = "demo", seed: int = 0) -> tuple[transformers.P
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0},
     )
-    vision = dict(depth=2, embed_dim=64, hidden_size=dims["hidden_size"], num_heads=2, mlp_ratio=2)
-    config = transformers.Qwen2VLConfig(
+    vision = dict(
+        model_type="clip_vision_model",
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
+        num_hidden_layers=2,
+        num_attention_heads=vision_hidden // 32,
+        image_size=IMAGE_SIZE,
+        patch_size=CELL,
+        projection_dim=vision_hidden,
+    )
+    config = transformers.LlavaConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        image_token_index=ids[IMAGE_TOKEN],
+        image_seq_length=GRID * GRID,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=True,
     )
-    pixels = IMAGE_SIZE * IMAGE_SIZE
-    image_processor = transformers.Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
-    processor = image_only_processor_class(transformers.Qwen2VLProcessor)(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_templates.QWEN2_VL_NO_SYSTEM
+    image_processor = transformers.CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = transformers.LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=CELL,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_templates.CHATML_NO_SYSTEM_IMAGE_TOKEN,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -6,6 +6,8 @@
 - ``text.jsonl``: scene *text* + question -> ``answer: X`` (``direct``) or the scene restated, then
   ``answer: X`` (``restate``) (task solving; ViFT trains on it). The scene text sits where the image sits
   in the visual prompts, which are laid out as ``vift eval`` lays out every item: image, then question;
+- ``scene_texts.jsonl``: scene *text* + caption request -> the same text (repeating a description given as
+  text, something every pretrained LLM can do; the demo's stage 0 teaches it along with ``text.jsonl``);
 - ``visual_instructions.jsonl``: image + question -> ``answer: X`` (the baseline's data; ViFT never sees it);
 - ``test.jsonl`` and ``dev.jsonl``: held-out visual QA over scenes absent from every training file and
   from each other, in ``vift eval`` format (``dev`` is for choosing fusion weights with ``vift sweep``);
@@ -36,13 +38,14 @@ class WorldSizes:
 
     captions: int = 6000
     texts: int = 16000
+    scene_texts: int = 4000
     visual_instructions: int = 6000
     test: int = 400
     dev: int = 100
 
     @classmethod
     def quick(cls) -> WorldSizes:
-        return cls(captions=800, texts=2400, visual_instructions=800, test=120, dev=60)
+        return cls(captions=800, texts=2400, scene_texts=800, visual_instructions=800, test=120, dev=60)
 
 
 def question_prompt(question: Question) -> str:
@@ -69,6 +72,16 @@ def text_instruction(scene: Scene, question: Question, recipe: str = "direct") -
     if recipe == "restate":
         response = f"{FACTS_MARKER} {caption} {response}"
     return {"messages": qa_messages(question, caption, response), "images": []}
+
+
+def scene_text(scene: Scene) -> dict[str, Any]:
+    """Scene words + caption request -> the scene words: describing a scene given as text."""
+    caption = scene.describe()
+    messages = [
+        {"role": "user", "content": [text_part(caption), text_part(CAPTION_REQUEST)]},
+        {"role": "assistant", "content": [text_part(caption)]},
+    ]
+    return {"messages": messages, "images": []}
 
 
 def visual_instruction(image: str, question: Question) -> dict[str, Any]:
@@ -124,6 +137,10 @@ def write_world(
     text_rows = []
     for i, scene in zip(range(sizes.texts), train, strict=False):
         text_rows.append({"id": f"text-{i}", **text_instruction(scene, pick_question(scene, rng), recipe)})
+    scene_text_rows = [
+        {"id": f"scene-text-{i}", **scene_text(scene)}
+        for i, scene in zip(range(sizes.scene_texts), train, strict=False)
+    ]
     visual_rows = []
     for i, scene in zip(range(sizes.visual_instructions), train, strict=False):
         row = visual_instruction(save(scene, f"vqa-{i}"), pick_question(scene, rng))
@@ -131,6 +148,7 @@ def write_world(
     files = {
         "captions": folder / "captions.jsonl",
         "text": folder / "text.jsonl",
+        "scene_texts": folder / "scene_texts.jsonl",
         "visual_instructions": folder / "visual_instructions.jsonl",
         "test": folder / "test.jsonl",
         "dev": folder / "dev.jsonl",
@@ -138,6 +156,7 @@ def write_world(
     for name, rows in (
         ("captions", caption_rows),
         ("text", text_rows),
+        ("scene_texts", scene_text_rows),
         ("visual_instructions", visual_rows),
         ("test", test_rows),
         ("dev", dev_rows),

@@ -2,16 +2,23 @@
 
 Stages (each a ``ViFTTrainer`` run whose output folder the next one starts from):
 
-0. ``language``: the language model learns the text-only instructions. This stands in for the
-   pretrained LLM every real LVLM starts from (the paper's Qwen2.5-7B); vision and connector frozen.
-1. ``captions``: ViFT stage 1, captions only, every module trains (a frozen language model this small
-   learned captions far more slowly in our runs: loss 2.35 vs 0.04 after 800/2500 steps).
-2. ``vift``: ViFT stage 2, captions + text instructions in modality-grouped batches, everything trains.
-B. ``baseline`` (``--baseline``): from stage 1, captions + *visual* instructions, the LLaVA-style reference.
+0. ``language``: the language model learns the text-only instructions and to repeat a scene given as
+   text. This stands in for the pretrained LLM every real LVLM starts from (the paper's Qwen2.5-7B).
+1. ViFT stage 1, captions only, in two runs. ``align``: the language model learns to read the image
+   tokens while the vision tower and connector stay frozen at their random initialisation (which
+   stands in for a pretrained vision encoder). ``captions``: every module trains, the vision tower and
+   connector at a lower rate. (Training them from the start collapsed the image tokens into one large
+   constant vector that carried no picture, for every learning rate we tried: caption loss equal with
+   right and shuffled pictures, one caption for every test picture.)
+2. ``vift``: ViFT stage 2, captions + text instructions in modality-grouped batches.
+B. ``baseline`` (on by default; ``--no-baseline`` skips it): from stage 1, captions + *visual*
+   instructions, the LLaVA-style reference ViFT is measured against.
 
 Then ``vift sweep`` picks fusion weights on the dev questions, and the held-out test questions are
-answered with plain inference, with fused inference at the paper's weights and at the swept ones (and by
-the baseline); ``report.md`` gets the table, example outputs, the sweep heatmaps and the loss curves.
+answered plain, fused at the paper's weights and at the swept ones, and by the cascade (describe the
+picture, then answer from the description as text); the baseline answers plain. Every stage's image
+reliance is measured (caption loss with right vs shuffled pictures, distinct captions).
+``report.md`` gets the tables, a bar chart, example outputs, the sweep heatmaps and the loss curves.
 """
 
 from __future__ import annotations
@@ -20,19 +27,28 @@ import json
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vift_plugin.evaluation.scoring import normalize_answer
 from vift_plugin.toy.data import CAPTION_REQUEST, RECIPES, WorldSizes, write_world
-
-REPORT_NAME = "report.md"
+from vift_plugin.toy.perception import Perception, measure_perception, perception_table
+from vift_plugin.toy.report import (
+    BASELINE,
+    CASCADE,
+    GUESS,
+    VIFT,
+    DemoRow,
+    results_table,
+    write_report,
+    write_seeds_report,
+)
 
 
 @dataclass
 class StagePlan:
-    """One training run of the demo."""
+    """One training run of the demo: its data, steps, learning rate (per role where given) and frozen roles."""
 
     name: str
     steps: int
@@ -40,6 +56,12 @@ class StagePlan:
     data: tuple[str, ...]
     freeze: tuple[str, ...] = ()
     start: str | None = None
+    role_learning_rates: dict[str, float] = field(default_factory=dict)
+
+
+FROZEN_VISION = ("vision", "connector")
+SLOW_VISION = {"vision": 2e-4, "connector": 2e-4}
+TEXT_FILES = ("text", "scene_texts")
 
 
 @dataclass
@@ -56,9 +78,12 @@ class DemoConfig:
         metadata={"help": "Text-instruction answers: 'direct' (answer only) or 'restate' (scene, then answer)."},
     )
     language_steps: int = field(default=600, metadata={"help": "Stage 0 steps (text-only LLM pretraining)."})
-    caption_steps: int = field(default=2000, metadata={"help": "Stage 1 steps (captions)."})
-    vift_steps: int = field(default=2000, metadata={"help": "Stage 2 steps (captions + text instructions)."})
-    baseline: bool = field(default=False, metadata={"help": "Also train the visual-instruction baseline."})
+    align_steps: int = field(
+        default=800, metadata={"help": "Stage 1a steps (captions; vision tower and connector frozen)."}
+    )
+    caption_steps: int = field(default=1000, metadata={"help": "Stage 1b steps (captions; every module trains)."})
+    vift_steps: int = field(default=1500, metadata={"help": "Stage 2 steps (captions + text instructions)."})
+    baseline: bool = field(default=True, metadata={"help": "Also train the visual-instruction baseline."})
     alpha: float = field(default=1.0, metadata={"help": "Fusion alpha of the fixed-weight row (paper: 1)."})
     beta: float = field(default=0.1, metadata={"help": "Fusion beta of the fixed-weight row (paper: 0.1)."})
     sweep: bool = field(default=True, metadata={"help": "Choose fusion weights on the dev questions (vift sweep)."})
@@ -84,20 +109,24 @@ class DemoConfig:
             sizes=WorldSizes.quick(),
             model_size="tiny",
             language_steps=250,
-            caption_steps=120,
+            align_steps=200,
+            caption_steps=200,
             vift_steps=200,
         )
         return cls(**{**settings, **changes})
 
     def stages(self) -> list[StagePlan]:
         plans = [
-            StagePlan("language", self.language_steps, 2e-3, ("text",), ("vision", "connector")),
-            StagePlan("captions", self.caption_steps, 2e-3, ("captions",)),
-            StagePlan("vift", self.vift_steps, 5e-4, ("captions", "text")),
+            StagePlan("language", self.language_steps, 2e-3, ("text", "scene_texts"), FROZEN_VISION),
+            StagePlan("align", self.align_steps, 2e-3, ("captions",), FROZEN_VISION),
+            StagePlan("captions", self.caption_steps, 5e-4, ("captions",), (), None, SLOW_VISION),
+            StagePlan("vift", self.vift_steps, 5e-4, ("captions", "text"), (), None, SLOW_VISION),
         ]
         if self.baseline:
             plans.append(
-                StagePlan("baseline", self.vift_steps, 5e-4, ("captions", "visual_instructions"), (), "captions")
+                StagePlan(
+                    "baseline", self.vift_steps, 5e-4, ("captions", "visual_instructions"), (), "captions", SLOW_VISION
+                )
             )
         return plans
 
@@ -124,6 +153,9 @@ def _training_arguments(config: DemoConfig, plan: StagePlan, world: Path, output
         freeze_vision="vision" in plan.freeze,
         freeze_connector="connector" in plan.freeze,
         freeze_language="language" in plan.freeze,
+        vision_lr=plan.role_learning_rates.get("vision"),
+        connector_lr=plan.role_learning_rates.get("connector"),
+        language_lr=plan.role_learning_rates.get("language"),
         fusion_alpha=config.alpha,
         fusion_beta=config.beta,
     )
@@ -160,8 +192,8 @@ def train_stages(
         lineage = [p for p in plans[: index + 1] if p.name != "baseline" or p is plan]
         fingerprint = _fingerprint(config, lineage)
         if config.fresh or not _finished(output, fingerprint):
-            captions = [str(world[d]) for d in plan.data if d != "text"]
-            texts = [str(world[d]) for d in plan.data if d == "text"]
+            captions = [str(world[d]) for d in plan.data if d not in TEXT_FILES]
+            texts = [str(world[d]) for d in plan.data if d in TEXT_FILES]
             data = DataArguments(caption_files=captions or None, text_files=texts or None)
             print(f"\n== stage {index}: {plan.name} ({plan.steps} steps, data: {', '.join(plan.data)}) ==", flush=True)
             began = time.perf_counter()
@@ -181,16 +213,6 @@ def train_stages(
         if not plan.start:
             previous = output
     return outputs
-
-
-@dataclass
-class DemoRow:
-    """One line of the demo's table."""
-
-    label: str
-    mode: str
-    summary: dict[str, Any]
-    predictions: list[str]
 
 
 def _with_leading(result: Any, mode: str) -> dict[str, Any]:
@@ -243,7 +265,8 @@ def sweep_fusion(config: DemoConfig, model: Any, processor: Any, dev_file: Path,
 
 
 SWEEP_DIR = "sweep-vift"
-VIFT = "ViFT (captions + text only)"
+PERCEPTION_NAME = "perception.json"
+ROWS_NAME = "results.json"
 
 
 def _fused_label(fusion: Any, num_layers: int, chosen: str) -> str:
@@ -252,9 +275,11 @@ def _fused_label(fusion: Any, num_layers: int, chosen: str) -> str:
     return f"fused (alpha {fusion.alpha:g}, beta {fusion.beta:g}, {span}; {chosen})"
 
 
-def evaluate_stages(config: DemoConfig, outputs: dict[str, Path], world: dict[str, Path]) -> list[DemoRow]:
-    """Plain and fused answers of the ViFT model (fixed weights, and swept on dev when ``config.sweep``),
-    the baseline's answers, and the ViFT model's captions of the test images."""
+def evaluate_stages(
+    config: DemoConfig, outputs: dict[str, Path], world: dict[str, Path]
+) -> tuple[list[DemoRow], list[Perception]]:
+    """The table rows (ViFT plain / fused at fixed and swept weights / cascade, its captions, the baseline,
+    guessing) and every stage's image reliance."""
     from vift_plugin.config import FusionConfig
     from vift_plugin.evaluation import evaluate, load_model, write_results
     from vift_plugin.layers import find_decoder_layers
@@ -262,21 +287,34 @@ def evaluate_stages(config: DemoConfig, outputs: dict[str, Path], world: dict[st
     test_file, root = world["test"], Path(config.output_dir)
     settings: dict[str, Any] = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens)
     rows: list[DemoRow] = []
+    perception: list[Perception] = []
+    for name in ("language", "align", "captions"):
+        model, processor = load_model(str(outputs[name]), dtype="float32")
+        perception.append(measure_perception(name, model, processor, world))
     model, processor = load_model(str(outputs["vift"]), dtype="float32")
+    perception.append(measure_perception("vift", model, processor, world))
     num_layers = len(find_decoder_layers(model))
     fixed = FusionConfig(alpha=config.alpha, beta=config.beta)
-    result = evaluate(model, processor, test_file, ("plain", "fused"), fusion=fixed, **settings)
+    modes = ("plain", "fused", "cascade")
+    result = evaluate(model, processor, test_file, modes, fusion=fixed, describe_request=CAPTION_REQUEST, **settings)
     write_results(result, root / "eval-vift")
-    rows.append(DemoRow(VIFT, "plain", _with_leading(result, "plain"), result.predictions("plain")))
+    rows.append(DemoRow("vift-plain", VIFT, "plain", _with_leading(result, "plain"), result.predictions("plain")))
     label = _fused_label(fixed, num_layers, "fixed")
-    rows.append(DemoRow(VIFT, label, _with_leading(result, "fused"), result.predictions("fused")))
+    rows.append(DemoRow("vift-fused", VIFT, label, _with_leading(result, "fused"), result.predictions("fused")))
     if config.sweep:
         print("== choosing fusion weights on the dev questions (vift sweep) ==", flush=True)
         chosen = sweep_fusion(config, model, processor, world["dev"], num_layers).best_config
-        swept = evaluate(model, processor, test_file, ("fused",), fusion=chosen, **settings)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"beta=.* > 0\.4")
+            swept = evaluate(model, processor, test_file, ("fused",), fusion=chosen, **settings)
         write_results(swept, root / "eval-vift-swept")
         label = _fused_label(chosen, num_layers, "swept on dev")
-        rows.append(DemoRow(VIFT, label, _with_leading(swept, "fused"), swept.predictions("fused")))
+        rows.append(DemoRow("vift-swept", VIFT, label, _with_leading(swept, "fused"), swept.predictions("fused")))
+    cascade = [
+        f"{description} → {answer}"
+        for description, answer in zip(result.descriptions["cascade"], result.predictions("cascade"), strict=True)
+    ]
+    rows.append(DemoRow("vift-cascade", VIFT, CASCADE, _with_leading(result, "cascade"), cascade))
     test = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines()]
     captions = [
         {"id": row["id"], "image": row["image"], "question": CAPTION_REQUEST, "answer": row["caption"]} for row in test
@@ -285,132 +323,21 @@ def evaluate_stages(config: DemoConfig, outputs: dict[str, Path], world: dict[st
         model, processor, captions, ("plain",), answer_markers=None, image_root=test_file.parent, **settings
     )
     caption_summary = {k: v for k, v in described.summary["plain"].items() if k != "format_rate"}
-    rows.append(DemoRow("ViFT, captioning the test images", "plain", caption_summary, []))
+    rows.append(DemoRow("vift-captions", "ViFT, captioning the test images", "plain", caption_summary, []))
     del model
     if "baseline" in outputs:
         model, processor = load_model(str(outputs["baseline"]), dtype="float32")
+        perception.append(measure_perception("baseline", model, processor, world))
         result = evaluate(model, processor, test_file, ("plain",), **settings)
         write_results(result, root / "eval-baseline")
-        rows.append(
-            DemoRow("Visual-instruction baseline", "plain", _with_leading(result, "plain"), result.predictions("plain"))
-        )
-    rows.append(DemoRow("Guessing (majority answer per type)", "-", _majority_guess(test), []))
-    return rows
-
-
-def _percent(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
-def results_table(rows: list[DemoRow]) -> str:
-    """Markdown: one line per model x inference, exact match overall and per question type."""
-    kinds = sorted({kind for row in rows for kind in row.summary.get("by_type", {})})
-    lines = [
-        "| model | inference | exact match | answer format | answer leads | " + " | ".join(kinds) + " |",
-        "| --- | --- | --- | --- | --- |" + " --- |" * len(kinds),
-    ]
-    for row in rows:
-        by_type = row.summary.get("by_type", {})
-        cells = [_percent(by_type[k]["accuracy"]) if k in by_type else "-" for k in kinds]
-        fmt, leads = (
-            _percent(row.summary[key]) if key in row.summary else "-" for key in ("format_rate", "leading_accuracy")
-        )
-        lines.append(
-            f"| {row.label} | {row.mode} | {_percent(row.summary['accuracy'])} | {fmt} | {leads} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ") or "(empty)"
-
-
-def examples_table(rows: list[DemoRow], test: list[dict[str, Any]], count: int = 8) -> str:
-    shown = [row for row in rows if row.predictions]
-    header = "| image | question | answer | " + " | ".join(f"{r.label}, {r.mode}" for r in shown) + " |"
-    lines = [header, "| --- | --- | --- |" + " --- |" * len(shown)]
-    for index, item in enumerate(test[:count]):
-        outputs = " | ".join(_cell(r.predictions[index]) for r in shown)
-        lines.append(f"| ![]({item['image']}) | {item['question']} | {item['answer']} | {outputs} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(
-    config: DemoConfig,
-    rows: list[DemoRow],
-    outputs: dict[str, Path],
-    world_dir: Path,
-    timings: dict[str, float],
-) -> Path:
-    """``report.md`` in ``config.output_dir``: settings, the table, example outputs, loss curves."""
-    from vift_plugin.data.files import atomic_output
-
-    root = Path(config.output_dir)
-    test = [json.loads(line) for line in (world_dir / "test.jsonl").read_text(encoding="utf-8").splitlines()]
-    test = [{**item, "image": str(Path(world_dir.name) / item["image"])} for item in test]
-    plans = {plan.name: plan for plan in config.stages()}
-    stage_lines = [
-        f"- `{folder.name}`: {plans[name].steps} steps on {', '.join(plans[name].data)}"
-        + (f" ({timings[name]:.0f} s)" if name in timings else " (trained earlier)")
-        for name, folder in outputs.items()
-    ]
-    curves = [
-        f"![{name}]({folder.name}/loss.png)" for name, folder in outputs.items() if (folder / "loss.png").is_file()
-    ]
-    sweep_lines = []
-    if config.sweep:
-        maps = sorted((root / SWEEP_DIR).glob("heatmap_alpha_*.png"))
-        sweep_lines = [
-            "## Fusion weights",
-            "",
-            "The fixed row uses the paper's weights, chosen for a 28-layer 7B model. The swept row uses the "
-            f"weights `vift sweep` chose on {config.sizes.dev} dev questions (scenes in neither the training "
-            f"files nor the test set): alphas {list(config.sweep_alphas)}, betas {list(config.sweep_betas)}, "
-            f"ranked by exact match, then answer format. Every point: `{SWEEP_DIR}/sweep.md`; the chosen "
-            f"config: `{SWEEP_DIR}/best_fusion_config.json` (`vift eval --fusion-config` reads it).",
-            "",
-            *(f"![{path.stem}]({SWEEP_DIR}/{path.name})" for path in maps),
-            "",
-        ]
-    text = "\n".join(
-        [
-            "# ViFT on the shapes world",
-            "",
-            f"Held-out visual QA: {len(test)} questions about scenes that no training file contains. "
-            "ViFT never saw an image paired with a question: it learned captions (images) and "
-            "scene-text instructions (text only). Answers count as correct when the text after the last "
-            "`answer:` (or the whole output, when there is none) equals the reference; they follow the answer "
-            "format when they contain `answer:` followed by some text, and the answer leads when that text "
-            "begins with the reference (`answer: green circle at the top left` for `green`). Exact match "
-            "and the per-type columns are strict.",
-            "",
-            results_table(rows),
-            "Stages:",
-            "",
-            *stage_lines,
-            "",
-            "Settings: `" + json.dumps({k: v for k, v in asdict(config).items() if k != "output_dir"}) + "`",
-            "",
-            "## Example outputs",
-            "",
-            examples_table(rows, test),
-            *sweep_lines,
-            "## Loss curves",
-            "",
-            *curves,
-            "",
-        ]
-    )
-    path = root / REPORT_NAME
-    with atomic_output(path) as handle:
-        handle.write(text)
-    return path
+        rows.append(DemoRow("baseline", BASELINE, "plain", _with_leading(result, "plain"), result.predictions("plain")))
+    rows.append(DemoRow("guess", GUESS, "-", _majority_guess(test), []))
+    return rows, perception
 
 
 def run_demo(config: DemoConfig) -> Path:
     """Write the world, build the model, train every stage, evaluate, write ``report.md``; its path."""
+    from vift_plugin.data.files import atomic_output
     from vift_plugin.toy.checkpoint import make_world_checkpoint
 
     root = Path(config.output_dir)
@@ -423,10 +350,28 @@ def run_demo(config: DemoConfig) -> Path:
     if not (base / "config.json").is_file():
         make_world_checkpoint(base, config.model_size, seed=config.seed)
     timings: dict[str, float] = {}
+    began = time.perf_counter()
     outputs = train_stages(config, world, base, timings)
     print("\n== evaluating on the held-out visual questions ==", flush=True)
-    rows = evaluate_stages(config, outputs, world)
-    report = write_report(config, rows, outputs, world_dir, timings)
-    print("\n" + results_table(rows), flush=True)
+    rows, perception = evaluate_stages(config, outputs, world)
+    timings["total"] = time.perf_counter() - began
+    with atomic_output(root / ROWS_NAME) as handle:
+        handle.write(json.dumps({"seed": config.seed, "rows": [asdict(row) for row in rows]}, indent=1) + "\n")
+    with atomic_output(root / PERCEPTION_NAME) as handle:
+        handle.write(json.dumps([p.to_dict() for p in perception], indent=1) + "\n")
+    report = write_report(config, rows, perception, outputs, world_dir, timings)
+    print("\n" + perception_table(perception), flush=True)
+    print(results_table(rows), flush=True)
     print(f"report: {report}", flush=True)
+    return report
+
+
+def run_seeds(config: DemoConfig, seeds: list[int]) -> Path:
+    """``run_demo`` once per seed (in ``OUTPUT_DIR/seed-N``), then ``OUTPUT_DIR/report.md`` with each row's
+    mean and range over the seeds and a bar chart."""
+    reports = [
+        run_demo(replace(config, seed=seed, output_dir=str(Path(config.output_dir) / f"seed-{seed}"))) for seed in seeds
+    ]
+    report = write_seeds_report(Path(config.output_dir), [path.parent for path in reports])
+    print(f"report over seeds {seeds}: {report}", flush=True)
     return report
