@@ -81,7 +81,7 @@ class DemoConfig:
     align_steps: int = field(
         default=800, metadata={"help": "Stage 1a steps (captions; vision tower and connector frozen)."}
     )
-    caption_steps: int = field(default=1000, metadata={"help": "Stage 1b steps (captions; every module trains)."})
+    caption_steps: int = field(default=1800, metadata={"help": "Stage 1b steps (captions; every module trains)."})
     vift_steps: int = field(default=1500, metadata={"help": "Stage 2 steps (captions + text instructions)."})
     baseline: bool = field(default=True, metadata={"help": "Also train the visual-instruction baseline."})
     alpha: float = field(default=1.0, metadata={"help": "Fusion alpha of the fixed-weight row (paper: 1)."})
@@ -288,7 +288,7 @@ def evaluate_stages(
     settings: dict[str, Any] = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens)
     rows: list[DemoRow] = []
     perception: list[Perception] = []
-    for name in ("language", "align", "captions"):
+    for name in [name for name in outputs if name not in ("vift", "baseline")]:
         model, processor = load_model(str(outputs[name]), dtype="float32")
         perception.append(measure_perception(name, model, processor, world))
     model, processor = load_model(str(outputs["vift"]), dtype="float32")

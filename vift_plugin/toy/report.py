@@ -86,7 +86,7 @@ def bar_chart(
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, axis = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.2))
+    figure, axis = plt.subplots(figsize=(10, 0.5 * len(labels) + 1.2))
     positions = list(range(len(labels)))[::-1]
     errors = None
     if spans is not None:
@@ -94,7 +94,8 @@ def bar_chart(
             [100 * (m - lo) for m, (lo, _) in zip(means, spans, strict=True)],
             [100 * (hi - m) for m, (_, hi) in zip(means, spans, strict=True)],
         ]
-    axis.barh(positions, [100 * m for m in means], xerr=errors, color="#4c72b0", capsize=3)
+    bars = axis.barh(positions, [100 * m for m in means], xerr=errors, color="#4c72b0", capsize=3)
+    axis.bar_label(bars, labels=[f"{100 * m:.1f}%" for m in means], padding=4, fontsize=8)
     axis.set_yticks(positions, labels, fontsize=8)
     axis.set_xlabel("exact match on held-out visual questions (%)")
     axis.set_xlim(0, 100)
@@ -106,7 +107,7 @@ def bar_chart(
 
 
 def _short(row: DemoRow) -> str:
-    return row.label if row.mode in ("plain", "-") else f"{row.label}, {row.mode}"
+    return row.label if row.mode == "-" else f"{row.label}, {row.mode}"
 
 
 def write_report(
@@ -151,7 +152,6 @@ def write_report(
             *(f"![{path.stem}](sweep-vift/{path.name})" for path in maps),
             "",
         ]
-    total = f" Wall time: {timings['total']:.0f} s." if "total" in timings else ""
     text = "\n".join(
         [
             "# ViFT on the shapes world",
@@ -173,7 +173,7 @@ def write_report(
             "swapped for another caption's; captions written for 200 test pictures.",
             "",
             perception_table(perception),
-            "Stages:" + total,
+            "Stages" + (f" (wall time of the whole run: {timings['total']:.0f} s)" if "total" in timings else "") + ":",
             "",
             *stage_lines,
             "",
@@ -223,7 +223,7 @@ def seeds_table(runs: list[dict[str, Any]]) -> tuple[str, list[tuple[str, list[f
             cells.append(_span([v for v in values if v is not None]) if None not in values else "-")
         lines.append(f"| {label} | {mode} | {_span(overall)} | " + " | ".join(cells) + " |")
         if key != "vift-captions":
-            chart.append((label if mode in ("plain", "-") else f"{label}, {mode}", overall))
+            chart.append((label if mode == "-" else f"{label}, {mode}", overall))
     return "\n".join(lines) + "\n", chart
 
 

@@ -38,6 +38,7 @@ POSITIONS = (
 NUMBERS = ("zero", "one", "two", "three")
 QUESTION_TYPES = ("colour", "shape", "position", "count")
 BACKGROUND = (245, 245, 240)
+MIN_SIZE, MAX_SIZE, JITTER = 17, 22, 2
 
 
 @dataclass(frozen=True, order=True)
@@ -112,8 +113,8 @@ def random_scene(rng: random.Random) -> Scene:
     cells = sorted(rng.sample(range(GRID * GRID), count))
     shapes = []
     for cell in cells:
-        size = rng.randrange(14, 23)
-        slack = (CELL - size) // 2 - 1
+        size = rng.randrange(MIN_SIZE, MAX_SIZE + 1)
+        slack = JITTER
         shapes.append(
             Shape(
                 cell,
