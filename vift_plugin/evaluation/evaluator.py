@@ -102,38 +102,24 @@ def evaluate(
     markers = marker_list(answer_markers)
     scores: dict[str, list[Score]] = {}
     descriptions: dict[str, list[str]] = {}
+    shared: dict[str, Any] = dict(
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        prompt_suffix=prompt_suffix,
+        prompt_builder=prompt_builder,
+        max_pixels=max_pixels,
+        generate_kwargs=generate_kwargs,
+        progress=progress,
+    )
     for mode in chosen:
         if mode == "cascade":
             predictions, descriptions[mode] = cascade_answers(
-                model,
-                processor,
-                benchmark,
-                describe_request=describe_request,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                prompt_suffix=prompt_suffix,
-                prompt_builder=prompt_builder,
-                max_pixels=max_pixels,
-                generate_kwargs=generate_kwargs,
-                progress=progress,
+                model, processor, benchmark, describe_request=describe_request, **shared
             )
-            scores[mode] = score_all(predictions, benchmark, markers)
-            continue
-        predictions = generate_answers(
-            model,
-            processor,
-            benchmark,
-            fused=mode == "fused",
-            fusion=fusion,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            prompt_suffix=prompt_suffix,
-            prompt_builder=prompt_builder,
-            max_pixels=max_pixels,
-            generate_kwargs=generate_kwargs,
-            progress=progress,
-            desc=mode,
-        )
+        else:
+            predictions = generate_answers(
+                model, processor, benchmark, fused=mode == "fused", fusion=fusion, desc=mode, **shared
+            )
         scores[mode] = score_all(predictions, benchmark, markers)
     used = active_fusion(model, fusion) if "fused" in chosen else None
     settings: dict[str, Any] = {

@@ -119,7 +119,6 @@ def write_report(
     timings: dict[str, float],
 ) -> Path:
     """``report.md`` in ``config.output_dir``: the table and chart, image reliance, settings, examples, curves."""
-    from vift_plugin.data.files import atomic_output
     from vift_plugin.toy.perception import perception_table
 
     root = Path(config.output_dir)
@@ -189,7 +188,12 @@ def write_report(
             "",
         ]
     )
-    path = root / REPORT_NAME
+    return _write(root / REPORT_NAME, text)
+
+
+def _write(path: Path, text: str) -> Path:
+    from vift_plugin.data.files import atomic_output
+
     with atomic_output(path) as handle:
         handle.write(text)
     return path
@@ -229,8 +233,6 @@ def seeds_table(runs: list[dict[str, Any]]) -> tuple[str, list[tuple[str, list[f
 
 def write_seeds_report(root: Path, runs: list[Path]) -> Path:
     """``root/report.md`` over the runs in ``runs`` (each holding ``results.json``, ``perception.json``)."""
-    from vift_plugin.data.files import atomic_output
-
     results = [json.loads((run / "results.json").read_text(encoding="utf-8")) for run in runs]
     table, chart = seeds_table(results)
     means = [sum(v) / len(v) for _, v in chart]
@@ -256,7 +258,4 @@ def write_seeds_report(root: Path, runs: list[Path]) -> Path:
             "",
         ]
     )
-    path = root / REPORT_NAME
-    with atomic_output(path) as handle:
-        handle.write(text)
-    return path
+    return _write(root / REPORT_NAME, text)
