@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class FusionConfig:
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)):
             raise TypeError(f"beta must be a number, got {self.beta!r}")
         self.alpha, self.beta = float(self.alpha), float(self.beta)
+        for name in ("alpha", "beta"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0 (the multimodal states carry the image), got {self.alpha}")
         if self.beta < 0:

@@ -333,7 +333,8 @@ def enable_vift(
     Keyword settings override ``config`` (default ``FusionConfig()``). Image spans are found from the
     model config's image token ids, plus every image-span token of ``processor`` when given (tile tags,
     image break/end tokens: recommended for Idefics3, Mistral 3 and InternVL), plus ``image_token_ids``.
-    Works on PEFT-wrapped models: the underlying transformers model is patched.
+    Works on PEFT-wrapped models: the underlying transformers model is patched. Everything is checked
+    before the fusion already on the model (if any) is replaced, so a call that raises changes nothing.
     """
     overrides = {
         "alpha": alpha,
@@ -348,7 +349,6 @@ def enable_vift(
     base: Any = unwrap_model(model)
     if not callable(getattr(base, "generate", None)):
         raise TypeError(f"{type(base).__name__} has no generate(); enable_vift needs a generative model.")
-    disable_vift(base)
     ids = image_token_ids_from_config(base.config)
     if processor is not None:
         ids |= image_token_ids_from_processor(processor)
@@ -357,6 +357,8 @@ def enable_vift(
         raise ValueError(
             f"No image token id found in the config of {type(base).__name__}; pass processor= or image_token_ids=."
         )
+    config.resolve_layers(len(find_decoder_layers(base, config.layers_path)))
+    disable_vift(base)
     handle = FusionHandle(base, config, ids)
     base.__class__ = _fusion_class(type(base))
     base._vift_handle = handle

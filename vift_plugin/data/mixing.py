@@ -10,6 +10,7 @@ header (never decoding pixels) and the processor's patch/merge settings. These a
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Any
 
@@ -140,8 +141,8 @@ def add_modality_and_length(
 
 def resample(dataset: Any, ratio: float, seed: int = 0) -> Any:
     """``round(len * ratio)`` rows: whole copies for the integer part, a seeded subset for the rest."""
-    if ratio < 0:
-        raise ValueError(f"sampling ratio must be >= 0, got {ratio}.")
+    if not (math.isfinite(ratio) and ratio >= 0):
+        raise ValueError(f"sampling ratio must be a finite number >= 0, got {ratio}.")
     n = len(dataset)
     total = round(n * ratio)
     if total == n:

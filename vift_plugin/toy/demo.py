@@ -100,6 +100,15 @@ class DemoConfig:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.sweep and (not self.sweep_alphas or not self.sweep_betas):
             raise ValueError("the sweep needs at least one alpha and one beta (or sweep=False)")
+        from vift_plugin.config import FusionConfig
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"beta=.* > 0\.4")
+            for alpha, beta in [
+                (self.alpha, self.beta),
+                *((a, b) for a in self.sweep_alphas for b in self.sweep_betas),
+            ]:
+                FusionConfig(alpha=alpha, beta=beta)
 
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:

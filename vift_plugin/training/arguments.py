@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+from vift_plugin.config import FusionConfig
 
 LORA_LAYER_CHOICES = "'all', 'intermediate' (the middle half of the decoder layers) or 'START-END' (0-based, inclusive)"
 
@@ -52,6 +55,10 @@ class DataArguments:
             raise ValueError("Give caption_files and/or text_files, or dataset_dir.")
         if self.dataset_dir and (self.caption_files or self.text_files):
             raise ValueError("Give either dataset_dir or caption_files/text_files, not both.")
+        for name in ("caption_ratio", "text_ratio"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
 
 
 @dataclass
@@ -108,8 +115,11 @@ class ViFTTrainingArguments(TrainingArguments):
             raise ValueError(f"lora_target names unknown roles {sorted(unknown)}; use language, vision, connector.")
         for name in ("vision_lr", "connector_lr", "language_lr"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}.")
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        if not (math.isfinite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        FusionConfig(alpha=self.fusion_alpha, beta=self.fusion_beta)
         parse_layer_range(self.lora_layers, 8)
         if self.freeze_vision and self.freeze_connector and self.freeze_language and not self.use_lora:
             raise ValueError("Every role is frozen and LoRA is off: nothing would train.")
