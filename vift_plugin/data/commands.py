@@ -16,11 +16,51 @@ def _is_dataset_dir(path: str) -> bool:
     )
 
 
-def save_dataset(dataset: Any, output: str) -> None:
-    """``.jsonl``/``.json``: records written atomically; anything else: a ``save_to_disk`` folder, atomically."""
+OVERWRITE_HELP = (
+    "replace an output folder that holds something other than a dataset (default: refuse; a dataset folder "
+    "is replaced, a .jsonl/.json output file too)"
+)
+
+
+def _is_record_file(output: str) -> bool:
+    return output.endswith((".jsonl", ".json"))
+
+
+def check_output_folder(output: str, overwrite: bool = False) -> None:
+    """Refuse to replace anything at a dataset-folder ``output`` that is not a dataset folder (a file, or a
+    non-empty folder of other things, such as the inputs and their images) unless ``overwrite``."""
+    if _is_record_file(output) or not os.path.lexists(output) or overwrite:
+        return
+    if not os.path.isdir(output):
+        raise ValueError(f"output {output} exists and is not a folder; choose another -o or pass --overwrite")
+    entries = sorted(os.listdir(output))
+    if entries and not _is_dataset_dir(output):
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ValueError(
+            f"output {output} is a non-empty folder that is not a dataset folder ({len(entries)} entries: "
+            f"{shown}); it would be replaced. Choose a new or empty folder, or pass --overwrite"
+        )
+
+
+def check_distinct_paths(**paths: str | None) -> None:
+    """Refuse when two of ``paths`` (input, output, rejects ...) are the same file or folder, symlinks resolved."""
+    seen: dict[str, str] = {}
+    for name, path in paths.items():
+        if not path:
+            continue
+        resolved = os.path.realpath(path)
+        if resolved in seen:
+            raise ValueError(f"{name} and {seen[resolved]} are the same path ({path}); writing would destroy data")
+        seen[resolved] = name
+
+
+def save_dataset(dataset: Any, output: str, overwrite: bool = False) -> None:
+    """``.jsonl``/``.json``: records written atomically; anything else: a ``save_to_disk`` folder, atomically.
+    A folder ``output`` that exists is replaced only when it is a dataset folder or ``overwrite`` is set."""
     from vift_plugin.data.files import RecordWriter, dump_columns
 
-    if output.endswith((".jsonl", ".json")):
+    check_output_folder(output, overwrite)
+    if _is_record_file(output):
         with RecordWriter(output) as writer:
             for start in range(0, len(dataset), 4096):
                 writer.write(dump_columns(dataset[start : start + 4096]))
@@ -30,8 +70,10 @@ def save_dataset(dataset: Any, output: str) -> None:
     temporary = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
         dataset.save_to_disk(temporary)
-        if target.exists():
+        if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
         os.replace(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -48,6 +90,9 @@ def _cmd_captions(args: argparse.Namespace) -> int:
     from vift_plugin.data.captions import convert_caption_file, convert_captions
     from vift_plugin.data.queries import QueryPool
 
+    check_distinct_paths(input=args.input, output=args.output, rejects=_rejects(args))
+    check_output_folder(args.output, args.overwrite)
+
     options: dict[str, Any] = {
         "image_column": args.image_column,
         "caption_column": args.caption_column,
@@ -63,7 +108,7 @@ def _cmd_captions(args: argparse.Namespace) -> int:
         from datasets import load_from_disk
 
         converted = convert_captions(load_from_disk(args.input), **options)
-        save_dataset(converted, args.output)
+        save_dataset(converted, args.output, args.overwrite)
         print(f"wrote {len(converted)} record(s) to {args.output}")
         if args.skip_bad:
             print(f"rejected rows are listed in {options['rejects_path']}")
@@ -75,6 +120,8 @@ def _cmd_captions(args: argparse.Namespace) -> int:
 
 def _cmd_text(args: argparse.Namespace) -> int:
     from vift_plugin.data.instructions import convert_instruction_file
+
+    check_distinct_paths(input=args.input, output=args.output, rejects=_rejects(args))
 
     report = convert_instruction_file(
         args.input, args.output, output_format=args.to, skip_bad=args.skip_bad, rejects_path=_rejects(args)
@@ -95,6 +142,8 @@ def _parse_ratios(items: list[str]) -> dict[str, float]:
 
 
 def _cmd_mix(args: argparse.Namespace) -> int:
+    check_distinct_paths(captions=args.captions, text=args.text, output=args.output)
+    check_output_folder(args.output, args.overwrite)
     from datasets import load_dataset
 
     from vift_plugin.data.mixing import mix_datasets
@@ -118,7 +167,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
         image_root=args.image_root,
         max_pixels=args.max_pixels,
     )
-    save_dataset(mixed, args.output)
+    save_dataset(mixed, args.output, args.overwrite)
     counts = {m: mixed["modality"].count(m) for m in ("image", "text")} if len(mixed) else {}
     print(f"wrote {len(mixed)} record(s) ({counts}) with modality and length columns to {args.output}")
     return 0
@@ -142,6 +191,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", choices=("messages", "llava"), default="messages", help="output record format")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad rows (counted) instead of stopping")
     parser.add_argument("--rejects", help="where skipped rows are listed (default: OUTPUT.rejects.jsonl)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def add_convert_parser(sub: Any) -> None:
@@ -177,6 +227,7 @@ def add_convert_parser(sub: Any) -> None:
     mix.add_argument("--image-root", help="folder image paths resolve under")
     mix.add_argument("--max-pixels", type=int, help="count image tokens as if images were capped to this")
     mix.add_argument("--seed", type=int, default=0)
+    mix.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     mix.set_defaults(func=_cmd_mix)
 
     formats = kinds.add_parser("formats", help="list the input and output formats")
