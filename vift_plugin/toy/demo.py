@@ -38,10 +38,12 @@ from vift_plugin.toy.report import (
     BASELINE,
     CASCADE,
     GUESS,
+    SWEEP_DIR,
     VIFT,
     DemoRow,
     results_table,
     write_report,
+    write_run_files,
     write_seeds_report,
 )
 
@@ -273,11 +275,6 @@ def sweep_fusion(config: DemoConfig, model: Any, processor: Any, dev_file: Path,
         )
 
 
-SWEEP_DIR = "sweep-vift"
-PERCEPTION_NAME = "perception.json"
-ROWS_NAME = "results.json"
-
-
 def _fused_label(fusion: Any, num_layers: int, chosen: str) -> str:
     layers = fusion.resolve_layers(num_layers)
     span = f"layers {min(layers)}-{max(layers)} of {num_layers}"
@@ -346,7 +343,6 @@ def evaluate_stages(
 
 def run_demo(config: DemoConfig) -> Path:
     """Write the world, build the model, train every stage, evaluate, write ``report.md``; its path."""
-    from vift_plugin.data.files import atomic_output
     from vift_plugin.toy.checkpoint import make_world_checkpoint
 
     root = Path(config.output_dir)
@@ -364,10 +360,7 @@ def run_demo(config: DemoConfig) -> Path:
     print("\n== evaluating on the held-out visual questions ==", flush=True)
     rows, perception = evaluate_stages(config, outputs, world)
     timings["total"] = time.perf_counter() - began
-    with atomic_output(root / ROWS_NAME) as handle:
-        handle.write(json.dumps({"seed": config.seed, "rows": [asdict(row) for row in rows]}, indent=1) + "\n")
-    with atomic_output(root / PERCEPTION_NAME) as handle:
-        handle.write(json.dumps([p.to_dict() for p in perception], indent=1) + "\n")
+    write_run_files(root, config.seed, rows, perception)
     report = write_report(config, rows, perception, outputs, world_dir, timings)
     print("\n" + perception_table(perception), flush=True)
     print(results_table(rows), flush=True)

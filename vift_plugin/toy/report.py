@@ -10,6 +10,9 @@ from typing import Any
 
 REPORT_NAME = "report.md"
 CHART_NAME = "results.png"
+RESULTS_NAME = "results.json"
+PERCEPTION_NAME = "perception.json"
+SWEEP_DIR = "sweep-vift"
 VIFT = "ViFT (captions + text only)"
 BASELINE = "Visual-instruction baseline"
 GUESS = "Guessing (majority answer per type)"
@@ -138,17 +141,17 @@ def write_report(
     ]
     sweep_lines = []
     if config.sweep:
-        maps = sorted((root / "sweep-vift").glob("heatmap_alpha_*.png"))
+        maps = sorted((root / SWEEP_DIR).glob("heatmap_alpha_*.png"))
         sweep_lines = [
             "## Fusion weights",
             "",
             "The fixed row uses the paper's weights, chosen for a 28-layer 7B model. The swept row uses the "
             f"weights `vift sweep` chose on {config.sizes.dev} dev questions (scenes in neither the training "
             f"files nor the test set): alphas {list(config.sweep_alphas)}, betas {list(config.sweep_betas)}, "
-            "ranked by exact match, then answer format. Every point: `sweep-vift/sweep.md`; the chosen "
-            "config: `sweep-vift/best_fusion_config.json` (`vift eval --fusion-config` reads it).",
+            f"ranked by exact match, then answer format. Every point: `{SWEEP_DIR}/sweep.md`; the chosen "
+            f"config: `{SWEEP_DIR}/best_fusion_config.json` (`vift eval --fusion-config` reads it).",
             "",
-            *(f"![{path.stem}](sweep-vift/{path.name})" for path in maps),
+            *(f"![{path.stem}]({SWEEP_DIR}/{path.name})" for path in maps),
             "",
         ]
     text = "\n".join(
@@ -189,6 +192,12 @@ def write_report(
         ]
     )
     return _write(root / REPORT_NAME, text)
+
+
+def write_run_files(root: Path, seed: int, rows: list[DemoRow], perception: list[Any]) -> None:
+    """``results.json`` (the table rows) and ``perception.json`` (image reliance per stage) of one run."""
+    _write(root / RESULTS_NAME, json.dumps({"seed": seed, "rows": [asdict(row) for row in rows]}, indent=1) + "\n")
+    _write(root / PERCEPTION_NAME, json.dumps([p.to_dict() for p in perception], indent=1) + "\n")
 
 
 def _write(path: Path, text: str) -> Path:
@@ -233,13 +242,13 @@ def seeds_table(runs: list[dict[str, Any]]) -> tuple[str, list[tuple[str, list[f
 
 def write_seeds_report(root: Path, runs: list[Path]) -> Path:
     """``root/report.md`` over the runs in ``runs`` (each holding ``results.json``, ``perception.json``)."""
-    results = [json.loads((run / "results.json").read_text(encoding="utf-8")) for run in runs]
+    results = [json.loads((run / RESULTS_NAME).read_text(encoding="utf-8")) for run in runs]
     table, chart = seeds_table(results)
     means = [sum(v) / len(v) for _, v in chart]
     drawn = bar_chart([label for label, _ in chart], means, root / CHART_NAME, [(min(v), max(v)) for _, v in chart])
     perception_lines = []
     for run, result in zip(runs, results, strict=True):
-        stages = json.loads((run / "perception.json").read_text(encoding="utf-8"))
+        stages = json.loads((run / PERCEPTION_NAME).read_text(encoding="utf-8"))
         cells = ", ".join(
             f"{p['stage']} {p['loss_right_images']:.3f} vs {p['loss_shuffled_images']:.3f}"
             f" ({100 * p['caption_exact_match']:.1f}% exact, {p['distinct_captions']} distinct)"
