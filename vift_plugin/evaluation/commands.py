@@ -76,13 +76,12 @@ def _markers(args: argparse.Namespace) -> Any:
 
 
 def _inference_modes(value: str) -> list[str]:
-    from vift_plugin.evaluation.evaluator import MODES
+    from vift_plugin.evaluation.evaluator import MODES, check_modes
 
-    modes = [m.strip() for m in value.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(MODES)} (comma-separated), got {value!r}")
-    return list(dict.fromkeys(modes))
+    try:
+        return check_modes(m.strip() for m in value.split(",") if m.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(MODES)} (comma-separated), got {value!r}") from None
 
 
 def _default_output(kind: str, model: str, data: str) -> str:

@@ -58,7 +58,9 @@ class EvalResult:
         }
 
 
-def _check_modes(modes: Iterable[str]) -> list[str]:
+def check_modes(modes: Iterable[str]) -> list[str]:
+    """``modes`` without repeats, in order; a ValueError names an unknown or empty choice."""
+    modes = list(modes)
     chosen = list(dict.fromkeys(modes))
     unknown = [m for m in chosen if m not in MODES]
     if unknown or not chosen:
@@ -97,7 +99,7 @@ def evaluate(
     lettered options, ``prompt_suffix``). ``answer_markers`` set where the final answer starts, in the
     output and in references such as ``"... answer : red"``; ``None`` scores the whole output.
     """
-    chosen = _check_modes(modes)
+    chosen = check_modes(modes)
     benchmark = as_items(items, image_root)
     markers = marker_list(answer_markers)
     scores: dict[str, list[Score]] = {}

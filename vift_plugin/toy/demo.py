@@ -33,7 +33,7 @@ from typing import Any
 
 from vift_plugin.evaluation.scoring import normalize_answer
 from vift_plugin.toy.data import CAPTION_REQUEST, RECIPES, WorldSizes, write_world
-from vift_plugin.toy.perception import Perception, measure_perception, perception_table
+from vift_plugin.toy.perception import Perception, caption_test_pictures, measure_perception, perception_table
 from vift_plugin.toy.report import (
     BASELINE,
     CASCADE,
@@ -296,9 +296,10 @@ def evaluate_stages(
     perception: list[Perception] = []
     for name in [name for name in outputs if name not in ("vift", "baseline")]:
         model, processor = load_model(str(outputs[name]), dtype="float32")
-        perception.append(measure_perception(name, model, processor, world))
+        perception.append(measure_perception(name, model, processor, world, **settings))
     model, processor = load_model(str(outputs["vift"]), dtype="float32")
-    perception.append(measure_perception("vift", model, processor, world))
+    described = caption_test_pictures(model, processor, world, **settings)
+    perception.append(measure_perception("vift", model, processor, world, captioned=described, **settings))
     num_layers = len(find_decoder_layers(model))
     fixed = FusionConfig(alpha=config.alpha, beta=config.beta)
     modes = ("plain", "fused", "cascade")
@@ -321,13 +322,6 @@ def evaluate_stages(
         for description, answer in zip(result.descriptions["cascade"], result.predictions("cascade"), strict=True)
     ]
     rows.append(DemoRow("vift-cascade", VIFT, CASCADE, _with_leading(result, "cascade"), cascade))
-    test = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines()]
-    captions = [
-        {"id": row["id"], "image": row["image"], "question": CAPTION_REQUEST, "answer": row["caption"]} for row in test
-    ]
-    described = evaluate(
-        model, processor, captions, ("plain",), answer_markers=None, image_root=test_file.parent, **settings
-    )
     caption_summary = {k: v for k, v in described.summary["plain"].items() if k != "format_rate"}
     rows.append(DemoRow("vift-captions", "ViFT, captioning the test images", "plain", caption_summary, []))
     del model
@@ -337,6 +331,7 @@ def evaluate_stages(
         result = evaluate(model, processor, test_file, ("plain",), **settings)
         write_results(result, root / "eval-baseline")
         rows.append(DemoRow("baseline", BASELINE, "plain", _with_leading(result, "plain"), result.predictions("plain")))
+    test = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines()]
     rows.append(DemoRow("guess", GUESS, "-", _majority_guess(test), []))
     return rows, perception
 

@@ -8,6 +8,7 @@ caption's picture, and writes as many captions as there are scenes.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +68,35 @@ def caption_losses(
     return means[0], means[1]
 
 
+def caption_test_pictures(
+    model: Any,
+    processor: Any,
+    world: dict[str, Path],
+    pictures: int | None = None,
+    *,
+    batch_size: int = 50,
+    max_new_tokens: int = 40,
+) -> Any:
+    """The ``EvalResult`` of captioning the first ``pictures`` test pictures (all when None) under the caption
+    request, scored against their captions (whole output, no answer marker)."""
+    from vift_plugin.evaluation import evaluate
+
+    with open(world["test"], encoding="utf-8") as handle:
+        test = [json.loads(line) for line in itertools.islice(handle, pictures)]
+    items = [{"id": r["id"], "image": r["image"], "question": CAPTION_REQUEST, "answer": r["caption"]} for r in test]
+    return evaluate(
+        model,
+        processor,
+        items,
+        ("plain",),
+        answer_markers=None,
+        image_root=world["test"].parent,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=False,
+    )
+
+
 def measure_perception(
     stage: str,
     model: Any,
@@ -77,31 +107,23 @@ def measure_perception(
     pictures: int = 200,
     batch_size: int = 50,
     max_new_tokens: int = 40,
+    captioned: Any = None,
 ) -> Perception:
     """:class:`Perception` of ``model``: losses on the first ``records`` training captions, captions of the
-    first ``pictures`` test pictures."""
-    from vift_plugin.evaluation import evaluate
-
+    first ``pictures`` test pictures (taken from ``captioned``, a :func:`caption_test_pictures` result over at
+    least as many pictures with the same ``batch_size``, when the caller has one)."""
     root = world["captions"].parent
     with open(world["captions"], encoding="utf-8") as handle:
         rows = [json.loads(line) for line, _ in zip(handle, range(records), strict=False)]
     right, shuffled = caption_losses(model, processor, rows, root)
-    with open(world["test"], encoding="utf-8") as handle:
-        test = [json.loads(line) for line, _ in zip(handle, range(pictures), strict=False)]
-    items = [{"id": r["id"], "image": r["image"], "question": CAPTION_REQUEST, "answer": r["caption"]} for r in test]
-    result = evaluate(
-        model,
-        processor,
-        items,
-        ("plain",),
-        answer_markers=None,
-        image_root=root,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        progress=False,
-    )
-    captions = result.predictions("plain")
-    return Perception(stage, right, shuffled, result.accuracy("plain"), len(set(captions)), len(captions))
+    if captioned is None:
+        captioned = caption_test_pictures(
+            model, processor, world, pictures, batch_size=batch_size, max_new_tokens=max_new_tokens
+        )
+    scores = captioned.scores["plain"][:pictures]
+    captions = [score.prediction for score in scores]
+    exact = sum(score.correct for score in scores) / max(1, len(scores))
+    return Perception(stage, right, shuffled, exact, len(set(captions)), len(captions))
 
 
 def perception_table(rows: list[Perception]) -> str:
