@@ -129,6 +129,34 @@ class ModalityGroupedSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def step_description(self) -> str:
+        return (
+            f"{self.step_size} samples per optimizer step (per-device batch {self.batch_size} x {self.world_size} "
+            f"device(s) x gradient accumulation {self.gradient_accumulation_steps})"
+        )
+
+    def check_coverage(self) -> str | None:
+        """Raise when an epoch has no step, or a modality loses all its samples (it would never train);
+        else the warning to show when ``remainder="drop"`` leaves samples out of every epoch, or None."""
+        sizes = {m: len(ix) for m, ix in self.groups.items()}
+        starved = [m for m, n in sizes.items() if n and not self._kept(n)]
+        fix = "use remainder='fill' (--remainder fill), or a smaller per-device batch or gradient accumulation"
+        if not len(self) or starved:
+            counts = ", ".join(f"{n} {m}" for m, n in sizes.items()) or "no samples"
+            lost = "no optimizer step at all" if not len(self) else f"no step of {', '.join(map(str, starved))}"
+            raise ValueError(
+                f"{counts} with {self.step_description()} and remainder={self.remainder!r} give {lost}: "
+                f"that data would never be trained. {fix[0].upper()}{fix[1:]}."
+            )
+        dropped = " and ".join(f"{k} {m}" for m, k in self.num_dropped.items() if k)
+        if not dropped:
+            return None
+        counts = ", ".join(f"{n} {m}" for m, n in sizes.items())
+        return (
+            f"every epoch leaves out {dropped} sample(s) (of {counts}) that do not fill an optimizer step of "
+            f"{self.step_size}; to keep them, {fix}."
+        )
+
     def __len__(self) -> int:
         return self._length
 
@@ -220,6 +248,7 @@ def sampler_for_trainer(
     The per-device batch is the trainer's ``_train_batch_size`` (else ``args.train_batch_size``, else
     ``args.per_device_train_batch_size``); the world size and gradient accumulation come from ``args``
     (default 1), the seed is ``args.data_seed`` where set, else ``args.seed``. Needs no transformers import.
+    Raises when a modality or the whole epoch would get no step (:meth:`ModalityGroupedSampler.check_coverage`).
     """
     args = trainer.args
     batch_size = (
@@ -228,7 +257,7 @@ def sampler_for_trainer(
         or args.per_device_train_batch_size
     )
     data_seed = getattr(args, "data_seed", None)
-    return ModalityGroupedSampler(
+    sampler = ModalityGroupedSampler(
         modalities,
         lengths,
         batch_size=int(batch_size),
@@ -238,3 +267,7 @@ def sampler_for_trainer(
         remainder=remainder,
         length_window=length_window,
     )
+    message = sampler.check_coverage()
+    if message:
+        logger.warning(message)
+    return sampler

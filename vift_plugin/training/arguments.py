@@ -107,6 +107,10 @@ class ViFTTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         super().__post_init__()
         if self.remainder not in ("drop", "fill"):
             raise ValueError(f"remainder must be 'drop' or 'fill', got {self.remainder!r}.")
@@ -134,6 +138,11 @@ class ViFTTrainingArguments(TrainingArguments):
             "connector": self.learning_rate if self.connector_lr is None else self.connector_lr,
             "language": self.learning_rate if self.language_lr is None else self.language_lr,
         }
+
+    def trainable_roles(self) -> list[str]:
+        """Roles with trainable weights: those not frozen, plus those LoRA adapts."""
+        lora = self.lora_roles if self.use_lora else []
+        return [role for role in ("vision", "connector", "language") if role not in self.frozen_roles() or role in lora]
 
     def frozen_roles(self) -> list[str]:
         return [role for role in ("vision", "connector", "language") if getattr(self, f"freeze_{role}")]

@@ -63,15 +63,25 @@ def _config_model_type(path: str, model_args: ModelArguments) -> str:
     return str(config.model_type)
 
 
-def load_model_and_processor(model_args: ModelArguments, args: ViFTTrainingArguments) -> tuple[Any, Any]:
+def _resolve(model_args: ModelArguments) -> str:
+    path = model_args.model_name_or_path
+    return os.path.abspath(path) if os.path.isdir(path) else path  # saved adapters then name their base anywhere
+
+
+def load_training_processor(model_args: ModelArguments, args: ViFTTrainingArguments) -> Any:
+    """The processor of ``model_args.model_name_or_path``, with ``max_pixels`` applied (no weights load)."""
+    from vift_plugin.processors import load_processor
+
+    processor = load_processor(_resolve(model_args))
+    apply_max_pixels(processor, args.max_pixels)
+    return processor
+
+
+def load_training_model(model_args: ModelArguments, args: ViFTTrainingArguments) -> Any:
     """Load ``model_args.model_name_or_path`` (or a saved LoRA run) and prepare it with :func:`prepare_model`."""
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
-    from vift_plugin.processors import load_processor
-
-    path = model_args.model_name_or_path
-    if os.path.isdir(path):
-        path = os.path.abspath(path)  # saved adapters then name their base wherever they are loaded from
+    path = _resolve(model_args)
     kwargs: dict[str, Any] = {"dtype": _dtype(model_args.dtype), "trust_remote_code": model_args.trust_remote_code}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
@@ -91,9 +101,12 @@ def load_model_and_processor(model_args: ModelArguments, args: ViFTTrainingArgum
         model = _continue_from_run(model, path, merge=not model_args.load_in_bits)
     else:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-    processor = load_processor(path)
-    apply_max_pixels(processor, args.max_pixels)
-    return prepare_model(model, args, quantized=bool(model_args.load_in_bits)), processor
+    return prepare_model(model, args, quantized=bool(model_args.load_in_bits))
+
+
+def load_model_and_processor(model_args: ModelArguments, args: ViFTTrainingArguments) -> tuple[Any, Any]:
+    """``(load_training_model(...), load_training_processor(...))``."""
+    return load_training_model(model_args, args), load_training_processor(model_args, args)
 
 
 def _continue_from_run(model: Any, path: str, merge: bool) -> Any:

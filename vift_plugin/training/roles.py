@@ -29,6 +29,25 @@ MODEL_TYPE_PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+MODALITY_ROLES: dict[str, tuple[Role, ...]] = {"image": ROLES, "text": ("language",)}
+
+
+def check_modalities_train(counts: dict[str, int], trainable: Iterable[str]) -> None:
+    """Raise when a data kind reaches no trainable role: text-only batches pass through the language
+    model alone, so a stage that trains only the vision encoder or connector gets no gradient from them
+    (torch fails mid-run with "element 0 of tensors does not require grad")."""
+    roles = set(trainable)
+    for modality, count in sorted(counts.items()):
+        reached = MODALITY_ROLES.get(modality, ROLES)
+        if count and not roles.intersection(reached):
+            raise ValueError(
+                f"{count} {modality} sample(s) but only {', '.join(sorted(roles)) or 'no role'} train(s): "
+                f"{modality} batches pass through {' and '.join(reached)} alone and would train nothing. "
+                f"Unfreeze the language model (freeze_language false, or use_lora with lora_target language), "
+                f"or leave the {modality} data out of this stage."
+            )
+
+
 def _model_type(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     return str(getattr(config, "model_type", ""))

@@ -37,7 +37,13 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     import yaml
 
     with open(path, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle) or {}
+        try:
+            config = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            problem = getattr(error, "problem", None) or error
+            raise ValueError(f"{path}: not valid YAML{line}: {problem}.") from error
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping of argument names to values.")
     return config
@@ -145,27 +151,48 @@ def plot_losses(log_history: list[dict[str, Any]], path: str | os.PathLike[str])
     return True
 
 
+def check_training_data(dataset: Any, training_args: Any) -> None:
+    """Before the model loads: every data kind gets optimizer steps and reaches a trainable role."""
+    from vift_plugin.data.sampler import ModalityGroupedSampler
+    from vift_plugin.training.roles import check_modalities_train
+
+    column = training_args.modality_column
+    if column not in dataset.column_names:
+        return
+    modalities = list(dataset[column])
+    counts = {str(m): modalities.count(m) for m in sorted(set(modalities), key=str)}
+    check_modalities_train(counts, training_args.trainable_roles())
+    if training_args.group_by_modality:
+        ModalityGroupedSampler(
+            modalities,
+            batch_size=training_args.per_device_train_batch_size,
+            world_size=training_args.world_size,
+            gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+            remainder=training_args.remainder,
+        ).check_coverage()
+
+
 def train_stage(model_args: Any, data_args: Any, training_args: Any) -> Any:
-    """Load, mix, train, save (model, processor, FusionConfig, trainer state, loss plot); returns the trainer."""
+    """Check the data, load, train, save (model, processor, FusionConfig, trainer state, loss plot);
+    returns the trainer. Data problems are found before the model loads."""
     from transformers import set_seed
 
     from vift_plugin.data.collator import ViFTDataCollator
-    from vift_plugin.training.model import describe_trainable, load_model_and_processor
+    from vift_plugin.training.model import describe_trainable, load_training_model, load_training_processor
     from vift_plugin.training.trainer import ViFTTrainer
 
     set_seed(training_args.seed)
-    model, processor = load_model_and_processor(model_args, training_args)
-    logger.info("trainable parameters: %s", describe_trainable(model))
+    processor = load_training_processor(model_args, training_args)
     with training_args.main_process_first(desc="building the training set"):
         dataset = build_dataset(data_args, processor, training_args)
+    check_training_data(dataset, training_args)
+    model = load_training_model(model_args, training_args)
+    logger.info("trainable parameters: %s", describe_trainable(model))
     collator = ViFTDataCollator(processor, image_root=training_args.image_root, max_pixels=training_args.max_pixels)
     trainer = ViFTTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=collator, processing_class=processor
     )
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = True
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():

@@ -3,6 +3,8 @@ per-modality loss logging, and saves that reload into fused inference."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -12,8 +14,11 @@ from transformers import Trainer
 from vift_plugin.config import FusionConfig
 from vift_plugin.data.sampler import sampler_for_trainer
 from vift_plugin.training.arguments import ViFTTrainingArguments
+from vift_plugin.training.checkpoints import load_full_weights, resolve_resume, save_failure, set_aside
 from vift_plugin.training.model import load_trainable_weights, save_trainable_weights
-from vift_plugin.training.roles import parameters_by_role, role_param_groups
+from vift_plugin.training.roles import check_modalities_train, parameters_by_role, role_param_groups
+
+logger = logging.getLogger(__name__)
 
 IMAGE_INPUT_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "image_sizes", "pixel_attention_mask")
 
@@ -34,7 +39,10 @@ class ViFTTrainer(Trainer):
     - logs carry ``loss_image`` and ``loss_text``: the training loss per optimizer step of each
       modality since the previous log, on the scale of ``loss`` (every step is single-modality, so
       this is the caption loss vs the text-instruction loss; local to the logging rank);
-    - saves add the processor, the non-LoRA trainable weights and a ``FusionConfig``.
+    - saves add the processor, the non-LoRA trainable weights and a ``FusionConfig``; a failed save
+      is a :class:`~vift_plugin.training.checkpoints.CheckpointSaveError` that names what to resume from;
+    - resuming (``True`` or a path) restores every trained weight, LoRA or not, from the newest
+      *complete* checkpoint; newer half-written ones are renamed ``checkpoint-N.incomplete``.
     """
 
     args: ViFTTrainingArguments
@@ -56,13 +64,19 @@ class ViFTTrainer(Trainer):
                 f"(columns: {columns}); build it with vift_plugin.data.mix_datasets or set group_by_modality=False."
             )
         length_column = self.args.length_column_name
-        return sampler_for_trainer(
+        sampler = sampler_for_trainer(
             self,
             dataset[self.args.modality_column],
             dataset[length_column] if length_column in columns else None,
             remainder=self.args.remainder,  # type: ignore[arg-type]
             length_window=self.args.length_window,
         )
+        model: Any = self.model
+        trainable = [
+            role for role, named in parameters_by_role(model).items() if any(p.requires_grad for _, p in named)
+        ]
+        check_modalities_train({str(m): len(ix) for m, ix in sampler.groups.items()}, trainable)
+        return sampler
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         opt_model: Any = self.model if model is None else model
@@ -95,11 +109,48 @@ class ViFTTrainer(Trainer):
                         logs[f"lr_{group['role']}"] = group["lr"]
         super().log(logs, start_time)
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        checkpoint, skipped = resolve_resume(resume_from_checkpoint, str(self.args.output_dir))
+        for folder, why in skipped if self.is_world_process_zero() else []:
+            aside = set_aside(folder).name
+            logger.warning("%s is incomplete (%s): set aside as %s; resuming from %s.", folder, why, aside, checkpoint)
+        if skipped:
+            self.accelerator.wait_for_everyone()
+        return super().train(checkpoint, *args, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        """Also restore the non-LoRA trained weights (the connector), which the adapter does not hold."""
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        """Restore every trained weight: full weights under the model's own names (``Trainer`` loads
+        them under the saved names and misses renamed ones), or the adapter plus the non-LoRA
+        trained weights (the connector), which the adapter does not hold."""
         target: Any = self.model if model is None else model
+        if self._restores_full_weights(target):
+            load_full_weights(target, resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
         load_trainable_weights(target, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        best, model = self.state.best_model_checkpoint, self.model
+        if best is not None and model is not None and self._restores_full_weights(model):
+            load_full_weights(model, best)
+            return
+        super()._load_best_model()
+        if best is not None and model is not None:
+            load_trainable_weights(model, best)
+
+    def _restores_full_weights(self, model: Any) -> bool:
+        from peft import PeftModel
+
+        distributed = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        return not distributed and not isinstance(self.accelerator.unwrap_model(model), PeftModel)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as error:
+            raise save_failure(folder, error, run_dir) from error
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
         super()._save(output_dir, state_dict)
