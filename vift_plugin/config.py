@@ -130,7 +130,9 @@ class FusionConfig:
             file = file / FUSION_CONFIG_NAME
         if not file.is_file():
             raise FileNotFoundError(f"no fusion config at {file}")
-        data = json.loads(file.read_text(encoding="utf-8"))
+        from vift_plugin.data.files import read_json_document
+
+        data = read_json_document(file)
         if not isinstance(data, dict):
             raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)

@@ -95,3 +95,21 @@ def test_a_failed_enable_vift_leaves_the_fusion_that_was_on(
     assert fusion_config(model) == before == FusionConfig(beta=0.4)
     with torch.no_grad():
         assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), expected)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"alpha": 1.0,\n "beta": 0.1', r"vift_fusion_config.json:2: invalid JSON"),
+        (b'{"alpha": 1.0,\n "beta": 0.1, "note": "caf\xe9"}', r"vift_fusion_config.json:2: not UTF-8"),
+        (b'\xef\xbb\xbf{"alpha": 1.0, "beta": 0.25}', None),
+    ],
+    ids=["truncated", "not-utf8", "bom"],
+)
+def test_a_damaged_fusion_config_file_is_named(content: bytes, expected: str | None, tmp_path: Path) -> None:
+    (tmp_path / "vift_fusion_config.json").write_bytes(content)
+    if expected is None:
+        assert FusionConfig.from_pretrained(tmp_path).beta == 0.25
+        return
+    with pytest.raises(ValueError, match=expected):
+        FusionConfig.from_pretrained(tmp_path)

@@ -9,6 +9,7 @@ from typing import Any
 import datasets
 import pytest
 
+from tests.evaluation.conftest import colour_rows, write_jsonl
 from vift_plugin.cli import main
 from vift_plugin.data.commands import save_dataset
 from vift_plugin.testing.records import write_toy_records
@@ -89,3 +90,25 @@ def test_an_output_that_is_an_input_is_refused(
     assert main(["convert", kind, str(source), "-o", str(output), *extra]) == 2
     assert "are the same path" in capsys.readouterr().err
     assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep"])
+@pytest.mark.parametrize("where", ["a-file", "under-a-file"])
+def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_the_model_loads(
+    command: str,
+    where: str,
+    checkpoint_dir: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr("vift_plugin.evaluation.commands.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    bench = write_jsonl(tmp_path / "bench.jsonl", colour_rows(tmp_path))
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("keep me")
+    output = blocker if where == "a-file" else blocker / "eval"
+    argv = [command, str(checkpoint_dir("qwen2_vl")), "--data", str(bench), "--output-dir", str(output)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"vift {command}: error: --output-dir {output}" in error and "file" in error, error
+    assert blocker.read_text() == "keep me"

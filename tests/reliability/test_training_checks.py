@@ -180,3 +180,51 @@ def test_bad_config_or_settings_are_one_line_errors(
     assert main(["train", str(config), *flags]) == 2
     error = error_line(capsys.readouterr().err)
     assert re.search(expected, error), error
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda text: text[: len(text) - 20], r"text.jsonl:8: invalid JSON .*truncated\?"),
+        (lambda text: text.replace("plus", "pl\udce9s", 1), r"text.jsonl:1: not UTF-8"),
+    ],
+    ids=["truncated", "not-utf8"],
+)
+def test_a_bad_record_file_is_named_before_the_model_loads(
+    damage: Any,
+    expected: str,
+    data: Path,
+    checkpoint_dir: Any,
+    tmp_path: Path,
+    no_model_load: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    texts = data / "text.jsonl"
+    texts.write_bytes(damage(texts.read_text(encoding="utf-8")).encode("utf-8", "surrogateescape"))
+    config = write_config(tmp_path / "cfg.yaml", checkpoint_dir("qwen2_vl"), data)
+    assert main(["train", str(config)]) == 2
+    assert re.search(expected, error_line(capsys.readouterr().err))
+
+
+def test_a_truncated_image_is_named_before_the_model_loads_or_skipped_when_asked(
+    data: Path,
+    checkpoint_dir: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    picture = data / "images" / "0003.png"
+    picture.write_bytes(picture.read_bytes()[: picture.stat().st_size // 2])
+    config = write_config(tmp_path / "cfg.yaml", checkpoint_dir("qwen2_vl"), data)
+    with monkeypatch.context() as patch:
+        patch.setattr("vift_plugin.training.model.load_training_model", lambda *a, **k: pytest.fail("model loaded"))
+        assert main(["train", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and "vift train: error: 1 row(s) have an image that cannot be used" in error
+    assert re.search(r"row 3 \(id 'c3'\): .*0003.png.*truncated", error), error
+    assert "--skip_bad_images true" in error
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", str(config), "--skip_bad_images", "true"]) == 0
+    assert any("left out 1 row(s) of 12" in r.getMessage() and "0003.png" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "run" / "trainer_state.json").is_file()

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     )
     from vift_plugin.data.collator import ViFTDataCollator
     from vift_plugin.data.files import RowError
-    from vift_plugin.data.images import ImageError, load_image
+    from vift_plugin.data.images import ImageError, check_images, load_image
     from vift_plugin.data.instructions import convert_instruction_file, convert_instructions, instructions_to_messages
     from vift_plugin.data.mixing import add_modality_and_length, mix_datasets
     from vift_plugin.data.queries import QueryPool
@@ -38,6 +38,7 @@ _WHERE = {
     "ViFTDataCollator": "vift_plugin.data.collator",
     "add_modality_and_length": "vift_plugin.data.mixing",
     "captions_to_messages": "vift_plugin.data.captions",
+    "check_images": "vift_plugin.data.images",
     "convert_caption_file": "vift_plugin.data.captions",
     "convert_captions": "vift_plugin.data.captions",
     "convert_instruction_file": "vift_plugin.data.instructions",
@@ -60,6 +61,7 @@ __all__ = [
     "ViFTDataCollator",
     "add_modality_and_length",
     "captions_to_messages",
+    "check_images",
     "convert_caption_file",
     "convert_captions",
     "convert_instruction_file",

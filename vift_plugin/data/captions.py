@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vift_plugin.data.files import RowError, file_kind, iter_rows
-from vift_plugin.data.images import ImageError, ImageRoot, image_size, is_url
+from vift_plugin.data.files import RowError, file_kind, iter_rows, read_json_document
+from vift_plugin.data.images import ImageError, ImageRoot, check_remote, is_url, load_image, threaded_map
 from vift_plugin.data.queries import QueryPool
 from vift_plugin.data.report import ConversionReport, convert_stream
 from vift_plugin.data.schema import LLAVA_IMAGE_TOKEN, OutputFormat, caption_messages, check_output_format, record
@@ -48,7 +48,7 @@ def guess_column(columns: Any, candidates: tuple[str, ...], what: str, where: st
 def detect_caption_format(path: str | os.PathLike[str]) -> str:
     """``coco`` (an object with ``annotations``), ``llava`` (rows with ``conversations``) or ``table``."""
     if file_kind(path) == "json":
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:  # a peek: the readers name bad bytes
             head = handle.read(4096).lstrip()
         if head.startswith("{"):
             return "coco"
@@ -77,8 +77,7 @@ def _llava_rows(path: str) -> Iterator[tuple[str, Any]]:
 
 
 def _coco_rows(path: str) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
+    data = read_json_document(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise RowError(path, "expected a COCO caption file: an object with 'images' and 'annotations' lists")
     files = {image.get("id"): image.get("file_name") for image in data.get("images", []) if isinstance(image, dict)}
@@ -154,26 +153,51 @@ def _check_caption(caption: Any) -> str:
     return caption
 
 
-def _check_image(image: Any, paths: ImageRoot | None, verify_images: bool) -> Any:
+def _check_image(image: Any, paths: ImageRoot | None, verify_images: bool, allow_remote_images: bool) -> Any:
+    """The image reference to write for one row. With ``verify_images`` its pixels are decoded as training
+    will decode them: a header read passes a file cut short, which would then stop training mid-run."""
     if isinstance(image, dict) or (image is not None and hasattr(image, "size") and not isinstance(image, str)):
         if verify_images:
-            image_size(image)
+            load_image(image, allow_remote_images=allow_remote_images)
         return image
     if image is None or (isinstance(image, str) and not image.strip()):
         raise ImageError("no image")
     if not isinstance(image, str):
         raise ImageError(f"image must be a path or URL string, got {type(image).__name__}")
-    if paths is None:
-        return image.strip()
-    reference = paths.relative(image)
-    if verify_images and not is_url(reference):
-        image_size(reference, paths.root)
+    reference = image.strip() if paths is None else paths.relative(image)
+    if is_url(reference):
+        check_remote(reference, allow_remote_images)
+    if verify_images and (paths is not None or is_url(reference)):
+        load_image(reference, None if paths is None else paths.root, allow_remote_images=allow_remote_images)
     return reference
 
 
-def _check_row(caption: Any, image: Any, paths: ImageRoot | None, verify_images: bool) -> tuple[str, Any]:
-    """The cleaned ``(caption, image)`` of one row; ``ValueError``/``OSError`` saying why it is bad."""
-    return _check_caption(caption), _check_image(image, paths, verify_images)
+def _checked_rows(
+    captions: list[Any],
+    images: list[Any],
+    paths: ImageRoot | None,
+    *,
+    verify_images: bool,
+    allow_remote_images: bool,
+    verify_threads: int | None,
+) -> Iterator[tuple[str, Any] | Exception]:
+    """The cleaned ``(caption, image)`` of each row, in order, or the error saying why the row is bad.
+
+    Decoding images is the slow part of a conversion, so with ``verify_images`` the images are
+    checked in ``verify_threads`` threads (PIL decodes without the GIL); row order is kept.
+    """
+
+    def check(image: Any) -> Any:
+        return _check_image(image, paths, verify_images, allow_remote_images)
+
+    checked = threaded_map(check, images, verify_threads if verify_images else 1)
+    for caption, image in zip(captions, checked, strict=True):
+        try:
+            text = _check_caption(caption)
+        except ValueError as error:
+            yield error
+            continue
+        yield image if isinstance(image, Exception) else (text, image)
 
 
 def _valid_rows(
@@ -187,29 +211,36 @@ def _valid_rows(
     id_column: str | None,
     image_root: str | None,
     verify_images: bool,
+    allow_remote_images: bool,
+    verify_threads: int | None,
     skip_bad: bool,
     locations: list[str] | None,
     rejects: list[dict[str, Any]] | None,
 ) -> Iterator[tuple[str, str, str, Any]]:
     """``(id, query, caption, image)`` of each good row; bad rows raise or are recorded as rejects."""
     pool = queries or QueryPool()
-    images = batch[image_column]
-    captions = batch[caption_column]
     ids = batch.get(id_column) if id_column else None
+    captions = batch[caption_column]
     positions = indices if indices is not None else range(len(captions))
-    paths = ImageRoot(image_root) if image_root is not None else None
-    for i, position in enumerate(positions):
-        try:
-            caption, image = _check_row(captions[i], images[i], paths, verify_images)
-            row_id = str(ids[i]) if ids is not None and ids[i] is not None else str(position)
-        except (ValueError, OSError) as error:
+    rows = _checked_rows(
+        captions,
+        batch[image_column],
+        ImageRoot(image_root) if image_root is not None else None,
+        verify_images=verify_images,
+        allow_remote_images=allow_remote_images,
+        verify_threads=verify_threads,
+    )
+    for i, (position, row) in enumerate(zip(positions, rows, strict=True)):
+        if isinstance(row, Exception):
             location = locations[i] if locations else f"row {position}"
-            reason = error.reason if isinstance(error, RowError) else str(error)
+            reason = row.reason if isinstance(row, RowError) else str(row)
             if not skip_bad:
-                raise RowError(location, reason) from error
+                raise RowError(location, reason) from row
             if rejects is not None:
                 rejects.append({"location": location, "reason": reason})
             continue
+        caption, image = row
+        row_id = str(ids[i]) if ids is not None and ids[i] is not None else str(position)
         yield row_id, pool.pick(caption, row_id, seed), caption, image
 
 
@@ -225,15 +256,17 @@ def captions_to_messages(
     id_column: str | None = "id",
     image_root: str | None = None,
     verify_images: bool = False,
+    allow_remote_images: bool = False,
+    verify_threads: int | None = None,
     skip_bad: bool = False,
     locations: list[str] | None = None,
     rejects: list[dict[str, Any]] | None = None,
 ) -> dict[str, list[Any]]:
     """Batched transform (``datasets.map(batched=True, with_indices=True)``) of caption rows to records.
 
-    A bad row (empty caption, missing or escaping image, unreadable image with ``verify_images``)
-    raises ``RowError`` naming the row, or with ``skip_bad`` is left out and, when ``rejects`` is
-    given, appended to it as ``{"location", "reason"}``.
+    A bad row (empty caption, missing or escaping image, an image that does not decode with
+    ``verify_images``, a URL without ``allow_remote_images``) raises ``RowError`` naming the row, or
+    with ``skip_bad`` is left out and, when ``rejects`` is given, appended to it as ``{"location", "reason"}``.
     """
     keys = ("id", "messages", "images") if output_format == "messages" else ("id", "image", "conversations")
     out: dict[str, list[Any]] = {key: [] for key in keys}
@@ -247,6 +280,8 @@ def captions_to_messages(
         id_column=id_column,
         image_root=image_root,
         verify_images=verify_images,
+        allow_remote_images=allow_remote_images,
+        verify_threads=verify_threads,
         skip_bad=skip_bad,
         locations=locations,
         rejects=rejects,
@@ -290,6 +325,8 @@ def convert_captions(
     seed: int = 0,
     image_root: str | os.PathLike[str] | None = None,
     verify_images: bool = False,
+    allow_remote_images: bool = False,
+    verify_threads: int | None = None,
     skip_bad: bool = False,
     rejects_path: str | os.PathLike[str] | None = None,
     num_proc: int | None = None,
@@ -314,8 +351,9 @@ def convert_captions(
             raise ValueError("LLaVA's conversations format references image files; an Image feature needs 'messages'.")
         dataset = dataset.cast_column(image_column, Image(decode=False))
     root = None if image_root is None else os.fspath(image_root)
+    checks = dict(verify_images=verify_images, allow_remote_images=allow_remote_images, verify_threads=verify_threads)
     if skip_bad and rejects_path is not None:
-        _write_rejects(dataset, rejects_path, image_column, caption_column, root, verify_images, num_proc)
+        _write_rejects(dataset, rejects_path, image_column, caption_column, root, checks, num_proc)
     converted = dataset.map(
         captions_to_messages,
         batched=True,
@@ -331,7 +369,7 @@ def convert_captions(
             "caption_column": caption_column,
             "id_column": id_column,
             "image_root": root,
-            "verify_images": verify_images,
+            **checks,
             "skip_bad": skip_bad,
         },
     )
@@ -350,17 +388,19 @@ def _reasons(
     caption_column: str,
     image_root: str | None,
     verify_images: bool,
+    allow_remote_images: bool,
+    verify_threads: int | None,
 ) -> dict[str, list[str | None]]:
     """Batched: why each row is bad (``None`` when it is good)."""
-    paths = ImageRoot(image_root) if image_root is not None else None
-    reasons: list[str | None] = []
-    for caption, image in zip(batch[caption_column], batch[image_column], strict=True):
-        try:
-            _check_row(caption, image, paths, verify_images)
-            reasons.append(None)
-        except (ValueError, OSError) as error:
-            reasons.append(str(error))
-    return {"reason": reasons}
+    rows = _checked_rows(
+        batch[caption_column],
+        batch[image_column],
+        ImageRoot(image_root) if image_root is not None else None,
+        verify_images=verify_images,
+        allow_remote_images=allow_remote_images,
+        verify_threads=verify_threads,
+    )
+    return {"reason": [str(row) if isinstance(row, Exception) else None for row in rows]}
 
 
 def _write_rejects(
@@ -369,7 +409,7 @@ def _write_rejects(
     image_column: str,
     caption_column: str,
     image_root: str | None,
-    verify_images: bool,
+    checks: dict[str, Any],
     num_proc: int | None,
 ) -> None:
     from vift_plugin.data.files import atomic_output
@@ -384,7 +424,7 @@ def _write_rejects(
             "image_column": image_column,
             "caption_column": caption_column,
             "image_root": image_root,
-            "verify_images": verify_images,
+            **checks,
         },
     )["reason"]
     with atomic_output(path) as handle:
@@ -405,6 +445,8 @@ def convert_caption_file(
     seed: int = 0,
     image_root: str | os.PathLike[str] | None = None,
     verify_images: bool = True,
+    allow_remote_images: bool = False,
+    verify_threads: int | None = None,
     skip_bad: bool = False,
     rejects_path: str | os.PathLike[str] | None = None,
     chunk_size: int = 4096,
@@ -412,8 +454,11 @@ def convert_caption_file(
     """Stream a caption file into a ``.jsonl``/``.json`` file of records, written atomically.
 
     Image paths resolve under ``image_root`` (default: the input file's folder) and are written
-    relative to it. ``verify_images`` reads every image header (missing, unreadable or empty images
-    are bad rows); turn it off for speed when the files are known good.
+    relative to it. ``verify_images`` decodes every image, in ``verify_threads`` threads (default:
+    the CPUs, at most 8), ``chunk_size`` rows at a time: missing, truncated, corrupt or empty images
+    are bad rows here rather than a crash mid-training. Turn it off for speed when the files are
+    known good. URLs are bad rows unless ``allow_remote_images`` (then fetched, with the limits of
+    :mod:`vift_plugin.data.remote`, when verifying).
     """
     check_output_format(output_format)
     root = os.fspath(image_root) if image_root is not None else str(Path(path).resolve().parent)
@@ -434,6 +479,8 @@ def convert_caption_file(
             id_column="id",
             image_root=root,
             verify_images=verify_images,
+            allow_remote_images=allow_remote_images,
+            verify_threads=verify_threads,
             skip_bad=skip_bad,
             locations=locations,
             rejects=rejects,

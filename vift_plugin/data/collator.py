@@ -60,9 +60,10 @@ class ViFTDataCollator:
     """Collate ``{"messages", "images"}`` records (see :mod:`vift_plugin.data.schema`) for a ``Trainer``.
 
     Returns the processor's tensors (``input_ids``, ``attention_mask``, ``pixel_values``, ...) plus
-    ``labels``. Image references are paths under ``image_root``, URLs, bytes or PIL images; images
-    larger than ``max_pixels`` are downscaled first. Sequences longer than ``max_length`` are cut
-    on the right unless that would cut image tokens (an error naming the row).
+    ``labels``. Image references are paths under ``image_root``, bytes, PIL images, or URLs with
+    ``allow_remote_images``; images larger than ``max_pixels`` are downscaled first. An image that
+    cannot be loaded, or that the processor refuses, is an error naming its row. Sequences longer
+    than ``max_length`` are cut on the right unless that would cut image tokens (an error naming the row).
     """
 
     processor: Any = field(metadata={"help": "The model's processor (with its chat template)."})
@@ -72,6 +73,9 @@ class ViFTDataCollator:
     max_pixels: int | None = field(default=None, metadata={"help": "Downscale larger images to this many pixels."})
     max_length: int | None = field(default=None, metadata={"help": "Cut longer sequences to this many tokens."})
     padding_side: str = field(default="right", metadata={"help": "'right' for training, 'left' for generation."})
+    allow_remote_images: bool = field(
+        default=False, metadata={"help": "Fetch http(s) image URLs (public hosts, deadline, size cap); else refused."}
+    )
 
     def __post_init__(self) -> None:
         if self.padding_side not in ("left", "right"):
@@ -114,7 +118,10 @@ class ViFTDataCollator:
         if wanted != len(images):
             raise ValueError(f"row {row}: {wanted} image part(s) in messages but {len(images)} image(s) given")
         try:
-            return [load_image(image, self.image_root, self.max_pixels) for image in images]
+            return [
+                load_image(image, self.image_root, self.max_pixels, allow_remote_images=self.allow_remote_images)
+                for image in images
+            ]
         except ValueError as error:
             raise ValueError(f"row {row}: {error}") from error
 
@@ -133,7 +140,13 @@ class ViFTDataCollator:
             spans.append(turn_spans)
             images.append(self._images(feature, messages, row))
             ids.append(row)
-        batch = self._tokenize(texts, images)
+        try:
+            batch = self._tokenize(texts, images)
+        except ValueError as error:
+            refusal = self._refusal(error, texts, images, ids)
+            if refusal is None:
+                raise
+            raise refusal from error
         labels = self._labels(batch, spans)
         for key in _DROPPED_KEYS:
             batch.pop(key, None)
@@ -141,6 +154,22 @@ class ViFTDataCollator:
         if self.max_length is not None:
             self._truncate(batch, ids)
         return dict(batch)
+
+    def _refusal(
+        self, error: ValueError, texts: list[str], images: list[list[Any]], ids: list[str]
+    ) -> ValueError | None:
+        """The processor's ``error`` for a batch, naming the row whose images it refuses (Qwen2-VL: an aspect
+        ratio over 200); None when no row alone fails. Only on this error path is each row encoded alone."""
+        for text, row_images, row in zip(texts, images, ids, strict=True):
+            if not row_images:
+                continue
+            try:
+                self._tokenize([text], [row_images])
+            except ValueError:
+                sizes = ", ".join(f"{image.width}x{image.height}" for image in row_images)
+                name = type(self.processor).__name__
+                return ValueError(f"row {row}: {name} cannot take its image(s) ({sizes}, after max_pixels): {error}")
+        return None
 
     def _tokenize(self, texts: list[str], images: list[list[Any]]) -> Any:
         bos = getattr(self.tokenizer, "bos_token", None)

@@ -21,6 +21,24 @@ OVERWRITE_HELP = (
     "is replaced, a .jsonl/.json output file too)"
 )
 
+REPLACE_HELP = (
+    "an existing output is replaced only once the new one is complete (like cp or sort -o): "
+    "a failed or interrupted run leaves it as it was"
+)
+
+
+REMOTE_HELP = (
+    "accept http(s) image URLs and fetch them (public hosts only, with a deadline and a size cap per image); "
+    "default: a URL is refused"
+)
+
+
+def _threads(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return number
+
 
 def _is_record_file(output: str) -> bool:
     return output.endswith((".jsonl", ".json"))
@@ -57,7 +75,7 @@ def check_distinct_paths(**paths: str | None) -> None:
 def save_dataset(dataset: Any, output: str, overwrite: bool = False) -> None:
     """``.jsonl``/``.json``: records written atomically; anything else: a ``save_to_disk`` folder, atomically.
     A folder ``output`` that exists is replaced only when it is a dataset folder or ``overwrite`` is set."""
-    from vift_plugin.data.files import RecordWriter, dump_columns
+    from vift_plugin.data.files import RecordWriter, dump_columns, remove_stale_partials
 
     check_output_folder(output, overwrite)
     if _is_record_file(output):
@@ -67,6 +85,7 @@ def save_dataset(dataset: Any, output: str, overwrite: bool = False) -> None:
         return
     target = Path(output)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target)
     temporary = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
         dataset.save_to_disk(temporary)
@@ -101,6 +120,8 @@ def _cmd_captions(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "image_root": args.image_root,
         "verify_images": args.verify_images,
+        "allow_remote_images": args.allow_remote_images,
+        "verify_threads": args.verify_threads,
         "skip_bad": args.skip_bad,
         "rejects_path": _rejects(args),
     }
@@ -131,21 +152,27 @@ def _cmd_text(args: argparse.Namespace) -> int:
 
 
 def _parse_ratios(items: list[str]) -> dict[str, float]:
+    """``--ratio MODALITY=R`` values, checked (known modality, finite, >= 0) before anything is loaded."""
+    from vift_plugin.data.mixing import check_ratios
+
     ratios = {}
     for item in items:
         name, _, value = item.partition("=")
         try:
             ratios[name] = float(value)
         except ValueError:
-            raise SystemExit(f"--ratio expects MODALITY=NUMBER (e.g. text=2.0), got {item!r}") from None
-    return ratios
+            raise ValueError(f"--ratio expects MODALITY=NUMBER (e.g. text=2.0), got {item!r}") from None
+    try:
+        return check_ratios(ratios)
+    except ValueError as error:
+        raise ValueError(f"--ratio: {error}") from None
 
 
 def _cmd_mix(args: argparse.Namespace) -> int:
     check_distinct_paths(captions=args.captions, text=args.text, output=args.output)
     check_output_folder(args.output, args.overwrite)
-    from datasets import load_dataset
-
+    ratios = _parse_ratios(args.ratio)
+    from vift_plugin.data.files import load_record_files
     from vift_plugin.data.mixing import mix_datasets
     from vift_plugin.processors import load_processor
 
@@ -156,16 +183,17 @@ def _cmd_mix(args: argparse.Namespace) -> int:
             from datasets import load_from_disk
 
             return load_from_disk(path)
-        return load_dataset("json", data_files=path, split="train")
+        return load_record_files(path)
 
     mixed = mix_datasets(
         load(args.captions),
         load(args.text),
         load_processor(args.processor),
-        ratios=_parse_ratios(args.ratio),
+        ratios=ratios,
         seed=args.seed,
         image_root=args.image_root,
         max_pixels=args.max_pixels,
+        allow_remote_images=args.allow_remote_images,
     )
     save_dataset(mixed, args.output, args.overwrite)
     counts = {m: mixed["modality"].count(m) for m in ("image", "text")} if len(mixed) else {}
@@ -187,7 +215,9 @@ def _cmd_formats(args: argparse.Namespace) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="input file (.json, .jsonl, .csv, .tsv, .parquet) or dataset folder")
-    parser.add_argument("-o", "--output", required=True, help="output .jsonl/.json file (or folder for datasets)")
+    parser.add_argument(
+        "-o", "--output", required=True, help=f"output .jsonl/.json file (or folder for datasets); {REPLACE_HELP}"
+    )
     parser.add_argument("--to", choices=("messages", "llava"), default="messages", help="output record format")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad rows (counted) instead of stopping")
     parser.add_argument("--rejects", help="where skipped rows are listed (default: OUTPUT.rejects.jsonl)")
@@ -210,8 +240,14 @@ def add_convert_parser(sub: Any) -> None:
         "--no-verify-images",
         dest="verify_images",
         action="store_false",
-        help="do not read image headers (faster; missing files surface at training time)",
+        help="do not decode the images (faster; missing or truncated files surface at training time)",
     )
+    captions.add_argument(
+        "--verify-threads",
+        type=_threads,
+        help="threads decoding images to verify them (default: the CPUs, at most 8)",
+    )
+    captions.add_argument("--allow-remote-images", action="store_true", help=REMOTE_HELP)
     captions.set_defaults(func=_cmd_captions)
 
     text = kinds.add_parser("text", help="ShareGPT / Alpaca / messages text instructions -> records")
@@ -222,10 +258,11 @@ def add_convert_parser(sub: Any) -> None:
     mix.add_argument("--captions", help="caption records (.jsonl/.json or dataset folder)")
     mix.add_argument("--text", help="text records (.jsonl/.json or dataset folder)")
     mix.add_argument("--processor", required=True, help="model or processor path (for token lengths)")
-    mix.add_argument("-o", "--output", required=True, help="output dataset folder (or .jsonl)")
+    mix.add_argument("-o", "--output", required=True, help=f"output dataset folder (or .jsonl); {REPLACE_HELP}")
     mix.add_argument("--ratio", action="append", default=[], help="MODALITY=R resampling, e.g. text=2.0")
     mix.add_argument("--image-root", help="folder image paths resolve under")
     mix.add_argument("--max-pixels", type=int, help="count image tokens as if images were capped to this")
+    mix.add_argument("--allow-remote-images", action="store_true", help=REMOTE_HELP)
     mix.add_argument("--seed", type=int, default=0)
     mix.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     mix.set_defaults(func=_cmd_mix)

@@ -1,25 +1,64 @@
-"""Image references: resolve paths safely under a root, read sizes from headers, load capped RGB images."""
+"""Image references: resolve paths safely under a root, read sizes from headers, load capped RGB images,
+and check many images up front, decoded in threads.
+
+A reference is a path under an image root or a URL. URLs are fetched only when the caller allows
+remote images (:mod:`vift_plugin.data.remote` says how, and why it is off by default).
+"""
 
 from __future__ import annotations
 
 import io
+import itertools
+import logging
 import math
 import os
 import posixpath
+import re
+import urllib.parse
 import warnings
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from PIL import Image
 
-URL_PREFIXES = ("http://", "https://")
+logger = logging.getLogger(__name__)
+
+URL_SCHEMES = ("http", "https")
+REMOTE_IMAGES_OFF = "remote images are off; pass --allow-remote-images (allow_remote_images=True) to fetch them"
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ImageError(ValueError):
-    """An image that cannot be used: missing, unreadable, escaping its root, or empty."""
+    """An image that cannot be used: missing, unreadable, escaping its root, empty, or a refused URL."""
 
 
 def is_url(reference: str) -> bool:
-    return reference.startswith(URL_PREFIXES)
+    """Whether ``reference`` is a URL (``scheme://...``, any scheme) rather than a file path."""
+    return bool(_URL.match(reference))
+
+
+def check_url(url: str) -> None:
+    """An :class:`ImageError` unless ``url`` is ``http``/``https`` with a host (``file://``, ``ftp://``
+    and the like would read local files or other services, not pictures)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as error:  # e.g. an unclosed "[" of an IPv6 host
+        raise ImageError(f"image URL {url} is malformed: {error}") from error
+    if parts.scheme.lower() not in URL_SCHEMES:
+        raise ImageError(f"image URL {url}: scheme {parts.scheme!r} is not allowed; only http and https")
+    if not parts.hostname:
+        raise ImageError(f"image URL {url} has no host")
+
+
+def check_remote(url: str, allow_remote_images: bool) -> None:
+    """An :class:`ImageError` unless ``url`` may be fetched: http(s) with a host, and remote images allowed."""
+    check_url(url)
+    if not allow_remote_images:
+        raise ImageError(f"image {url}: {REMOTE_IMAGES_OFF}")
 
 
 class ImageRoot:
@@ -40,6 +79,7 @@ class ImageRoot:
             raise ImageError(f"image reference must be a non-empty string, got {reference!r}")
         reference = reference.strip()
         if is_url(reference):
+            check_url(reference)
             return reference
         if os.sep == "/" and not reference.startswith("/"):
             normal = posixpath.normpath(reference)
@@ -65,10 +105,12 @@ def resolve_image_path(reference: str, image_root: str | os.PathLike[str] | None
     return os.path.join(os.path.abspath(image_root), normalize_image_path(reference, image_root))
 
 
-def _open(source: Any, image_root: str | os.PathLike[str] | None) -> tuple[Image.Image, str]:
+def _open(
+    source: Any, image_root: str | os.PathLike[str] | None, allow_remote_images: bool = False
+) -> tuple[Image.Image, str]:
     """Open ``source`` lazily (only the header is read) and name it for error messages."""
     if isinstance(source, Image.Image):
-        return source, "<in-memory image>"
+        return source, getattr(source, "filename", None) or "<in-memory image>"
     if isinstance(source, dict):
         if source.get("bytes") is not None:
             name = source.get("path") or "<image bytes>"
@@ -82,12 +124,10 @@ def _open(source: Any, image_root: str | os.PathLike[str] | None) -> tuple[Image
     if isinstance(source, (str, os.PathLike)):
         reference = os.fspath(source)
         if is_url(reference):
-            from transformers.image_utils import load_image as fetch
+            from vift_plugin.data.remote import fetch_image_bytes
 
-            try:
-                return fetch(reference), reference
-            except Exception as error:  # noqa: BLE001 - network errors come in many types
-                raise ImageError(f"could not fetch image {reference}: {error}") from error
+            check_remote(reference, allow_remote_images)
+            return _open_file(io.BytesIO(fetch_image_bytes(reference)), reference), reference
         path = resolve_image_path(reference, image_root)
         if not os.path.isfile(path):
             raise ImageError(f"image file not found: {path}")
@@ -106,9 +146,12 @@ def _open_file(file: Any, name: str) -> Image.Image:
         raise ImageError(f"cannot read image {name}: {error}") from error
 
 
-def image_size(source: Any, image_root: str | os.PathLike[str] | None = None) -> tuple[int, int]:
-    """``(width, height)`` from the file header only (the pixels are not decoded)."""
-    img, name = _open(source, image_root)
+def image_size(
+    source: Any, image_root: str | os.PathLike[str] | None = None, *, allow_remote_images: bool = False
+) -> tuple[int, int]:
+    """``(width, height)`` from the file header only (the pixels are not decoded, so a file cut short
+    passes; :func:`load_image` and :func:`check_images` decode)."""
+    img, name = _open(source, image_root, allow_remote_images)
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageError(f"image {name} is empty ({width}x{height})")
@@ -130,14 +173,19 @@ def capped_size(width: int, height: int, max_pixels: int | None) -> tuple[int, i
 
 
 def load_image(
-    source: Any, image_root: str | os.PathLike[str] | None = None, max_pixels: int | None = None
+    source: Any,
+    image_root: str | os.PathLike[str] | None = None,
+    max_pixels: int | None = None,
+    *,
+    allow_remote_images: bool = False,
 ) -> Image.Image:
     """Decode ``source`` (path under ``image_root``, URL, bytes, ``{"bytes", "path"}`` or PIL) to RGB.
 
     Images with more than ``max_pixels`` pixels are downscaled (JPEG decodes at reduced size first);
-    palette, alpha, greyscale, CMYK and 16-bit images become 8-bit RGB (alpha over white).
+    palette, alpha, greyscale, CMYK and 16-bit images become 8-bit RGB (alpha over white). A URL is
+    fetched only with ``allow_remote_images`` (see :mod:`vift_plugin.data.remote`).
     """
-    img, name = _open(source, image_root)
+    img, name = _open(source, image_root, allow_remote_images)
     try:
         width, height = img.size
         target = capped_size(width, height, max_pixels)
@@ -150,6 +198,8 @@ def load_image(
     except ImageError:
         raise
     except Exception as error:  # noqa: BLE001 - truncated or corrupt pixel data
+        if img is not source:
+            img.close()  # a failed load leaves the file open; checks of many images would run out of handles
         raise ImageError(f"cannot decode image {name}: {error}") from error
     if rgb.width < 1 or rgb.height < 1:
         raise ImageError(f"image {name} is empty ({rgb.width}x{rgb.height})")
@@ -178,3 +228,137 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def default_threads() -> int:
+    """Threads for decoding images: the CPUs this process may use, at most 8 (PIL decodes without the GIL)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, available))
+
+
+def threaded_map(
+    function: Callable[[T], R], values: Iterable[T], threads: int | None = None
+) -> Iterator[R | Exception]:
+    """``function(value)`` for each of ``values``, in order, run by ``threads`` worker threads.
+
+    A ``ValueError`` or ``OSError`` (a bad image) comes back in place of its result, so the caller
+    can name the row; other exceptions are bugs and propagate. At most ``4 * threads`` calls are in
+    flight and ``values`` is consumed as results are taken, so a stream of any length is checked in
+    bounded memory. ``threads=1`` runs in the calling thread.
+    """
+    workers = default_threads() if threads is None else threads
+    if workers < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+
+    def guarded(value: T) -> R | Exception:
+        try:
+            return function(value)
+        except (ValueError, OSError) as error:
+            return error
+
+    if workers == 1:
+        yield from map(guarded, values)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vift-images")
+    pending: deque[Future[R | Exception]] = deque()
+    try:
+        for value in values:
+            pending.append(pool.submit(guarded, value))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def record_images(record: Mapping[str, Any]) -> list[Any]:
+    """The image references of a training record: ``images`` (chat records) or ``image`` (LLaVA records)."""
+    images = record.get("images")
+    if images is None:
+        images = record.get("image")
+    if images is None:
+        return []
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+def check_images(
+    dataset: Any,
+    image_root: str | os.PathLike[str] | None = None,
+    *,
+    max_pixels: int | None = None,
+    allow_remote_images: bool = False,
+    skip_bad: bool = False,
+    threads: int | None = None,
+) -> tuple[Any, list[dict[str, str]]]:
+    """Decode every image of ``dataset`` as the collator will, before training starts.
+
+    A file cut short passes header reads (:func:`image_size`) and only fails when its pixels are
+    decoded, which without this check happens at some step mid-run. ``dataset`` is a
+    ``datasets.Dataset`` or a sequence of records with ``images`` (or LLaVA ``image``). Each image
+    goes through :func:`load_image` with the collator's ``image_root``, ``max_pixels`` and
+    ``allow_remote_images``, in ``threads`` threads.
+
+    Returns ``(dataset, rejects)``. A bad image raises one :class:`ImageError` listing every bad
+    row (``row N (id ...)``, the image and the reason) unless ``skip_bad``; then those rows are left
+    out (``dataset.select`` for a Dataset), counted in a warning and returned as ``rejects``,
+    ``[{"location", "reason"}]`` like the converters' rejects files.
+    """
+    rows = _image_columns(dataset)
+
+    def references() -> Iterator[tuple[int, Any]]:
+        for index, record in enumerate(rows):
+            for image in record_images(record):
+                yield index, image
+
+    def load(entry: tuple[int, Any]) -> None:
+        load_image(entry[1], image_root, max_pixels, allow_remote_images=allow_remote_images)
+
+    entries, work = itertools.tee(references())  # tee buffers only the threads' read-ahead window
+    bad: dict[int, str] = {}
+    for (index, _), error in zip(entries, threaded_map(load, work, threads), strict=True):
+        if error is not None:
+            bad.setdefault(index, str(error))
+    if not bad:
+        return dataset, []
+    rejects = [{"location": _row_name(rows[index], index), "reason": reason} for index, reason in sorted(bad.items())]
+    if not skip_bad:
+        shown = "\n  ".join(f"{r['location']}: {r['reason']}" for r in rejects[:10])
+        more = f"\n  ... and {len(rejects) - 10} more" if len(rejects) > 10 else ""
+        raise ImageError(
+            f"{len(rejects)} row(s) have an image that cannot be used:\n  {shown}{more}\n"
+            "Fix or remove these rows, or leave them out (`vift train --skip_bad_images true`, `skip_bad=True`)."
+        )
+    logger.warning(
+        "check_images: left out %d row(s) of %d with unusable images (skip_bad): %s%s",
+        len(bad),
+        len(rows),
+        "; ".join(f"{r['location']}: {r['reason']}" for r in rejects[:3]),
+        " ..." if len(rejects) > 3 else "",
+    )
+    keep = [index for index in range(len(rows)) if index not in bad]
+    kept = dataset.select(keep) if hasattr(dataset, "select") else [dataset[index] for index in keep]
+    return kept, rejects
+
+
+def _image_columns(dataset: Any) -> Any:
+    """``dataset`` reduced to what :func:`check_images` reads; a Dataset's ``Image`` features left undecoded
+    (so a broken file reaches :func:`load_image`, which names it, instead of failing inside ``datasets``)."""
+    names = getattr(dataset, "column_names", None)
+    if names is None:
+        return dataset
+    from datasets import Image as ImageFeature
+    from datasets import List
+
+    reduced = dataset.select_columns([name for name in ("id", "images", "image") if name in names])
+    for name, feature in reduced.features.items():
+        if isinstance(feature, ImageFeature) and feature.decode:
+            reduced = reduced.cast_column(name, ImageFeature(decode=False))
+        elif isinstance(feature, List) and isinstance(feature.feature, ImageFeature) and feature.feature.decode:
+            reduced = reduced.cast_column(name, List(ImageFeature(decode=False)))
+    return reduced
+
+
+def _row_name(record: Mapping[str, Any], index: int) -> str:
+    row_id = record.get("id")
+    return f"row {index}" if row_id is None else f"row {index} (id {row_id!r})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,6 +21,8 @@ from PIL import Image
 from vift_plugin.data.images import ImageError, capped_size, image_size
 
 MODALITIES = ("image", "text")
+MAX_RESAMPLED_ROWS = 2**31 - 1
+"""The most rows :func:`resample` makes of one source: the index list of more would not fit in memory."""
 
 
 def _texts(messages: list[dict[str, Any]]) -> str:
@@ -79,7 +82,11 @@ class TokenCounter:
     def _processor_image_tokens(self, width: int, height: int) -> int:
         counter = getattr(self.processor, "_get_num_multimodal_tokens", None)
         if counter is not None:
-            data = counter(image_sizes=[(height, width)])
+            try:
+                data = counter(image_sizes=[(height, width)])
+            except ValueError as error:  # the size itself is refused (Qwen2-VL: an aspect ratio over 200)
+                name = type(self.processor).__name__
+                raise ImageError(f"{name} cannot take a {width}x{height} image: {error}") from error
             counts = data["num_image_tokens"] if "num_image_tokens" in data else None
             if counts:
                 return int(counts[0])
@@ -101,12 +108,14 @@ def add_modality_and_length(
     image_root: str | os.PathLike[str] | None = None,
     max_pixels: int | None = None,
     default_image_size: tuple[int, int] | None = None,
+    allow_remote_images: bool = False,
     num_proc: int | None = None,
 ) -> Any:
     """``dataset`` (records with ``messages`` and ``images``) plus ``modality`` and ``length`` columns.
 
-    Images whose size cannot be read (URLs offline) use ``default_image_size`` ``(width, height)``
-    when given, else raise naming the row.
+    Images whose size cannot be read (URLs offline, or remote images not allowed) use
+    ``default_image_size`` ``(width, height)`` when given, else raise naming the row. Only headers
+    are read: :func:`~vift_plugin.data.images.check_images` decodes.
     """
     counter = TokenCounter(processor, max_pixels)
 
@@ -118,12 +127,16 @@ def add_modality_and_length(
         for i, (row_images, count) in enumerate(zip(images, text, strict=True)):
             for image in row_images or []:
                 try:
-                    width, height = image_size(image, image_root)
+                    width, height = image_size(image, image_root, allow_remote_images=allow_remote_images)
                 except (ImageError, OSError) as error:
                     if default_image_size is None:
                         raise ImageError(f"row {indices[i]}: {error}") from error
                     width, height = default_image_size
-                count += counter.image_tokens(width, height)
+                try:
+                    count += counter.image_tokens(width, height)
+                except ImageError as error:
+                    where = f"image {image}" if isinstance(image, str) else "its image"
+                    raise ImageError(f"row {indices[i]}: {where}: {error}") from error
             out_lengths.append(count)
             modality.append("image" if row_images else "text")
         return {"modality": modality, "length": out_lengths}
@@ -139,11 +152,33 @@ def add_modality_and_length(
     return dataset.map(lengths, batched=True, with_indices=True, num_proc=num_proc, desc="token lengths")
 
 
+def check_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
+    """``ratios`` (``{"image": r, "text": r}``) checked: known modalities, finite numbers >= 0.
+
+    Shared by :func:`mix_datasets` and ``vift convert mix --ratio``, which checks before loading anything.
+    """
+    unknown = set(ratios) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"ratios keys must be among {MODALITIES}, got {sorted(unknown)}.")
+    for name, ratio in ratios.items():
+        _check_ratio(ratio, name)
+    return dict(ratios)
+
+
+def _check_ratio(ratio: float, name: str = "sampling") -> None:
+    if not (math.isfinite(ratio) and ratio >= 0):
+        raise ValueError(f"{name} ratio must be a finite number >= 0, got {ratio}.")
+
+
 def resample(dataset: Any, ratio: float, seed: int = 0) -> Any:
     """``round(len * ratio)`` rows: whole copies for the integer part, a seeded subset for the rest."""
-    if not (math.isfinite(ratio) and ratio >= 0):
-        raise ValueError(f"sampling ratio must be a finite number >= 0, got {ratio}.")
+    _check_ratio(ratio)
     n = len(dataset)
+    if n * ratio > MAX_RESAMPLED_ROWS:  # e.g. 1e308: finite, but its row list would overflow or exhaust memory
+        raise ValueError(
+            f"sampling ratio {ratio:g} turns {n} rows into {n * ratio:.3g}, more than {MAX_RESAMPLED_ROWS:,}; "
+            "a ratio is a small multiple such as 2.0."
+        )
     total = round(n * ratio)
     if total == n:
         return dataset
@@ -163,6 +198,7 @@ def mix_datasets(
     image_root: str | os.PathLike[str] | None = None,
     max_pixels: int | None = None,
     default_image_size: tuple[int, int] | None = None,
+    allow_remote_images: bool = False,
     num_proc: int | None = None,
 ) -> Any:
     """Caption records and text records as one dataset with ``modality`` and ``length`` columns.
@@ -172,10 +208,7 @@ def mix_datasets(
     """
     from datasets import concatenate_datasets
 
-    ratios = dict(ratios or {})
-    unknown = set(ratios) - set(MODALITIES)
-    if unknown:
-        raise ValueError(f"ratios keys must be among {MODALITIES}, got {sorted(unknown)}.")
+    ratios = check_ratios(ratios or {})
     sources = [(name, d) for name, d in (("image", captions), ("text", texts)) if d is not None and len(d)]
     if not sources:
         raise ValueError("both datasets are empty.")
@@ -194,5 +227,6 @@ def mix_datasets(
         image_root=image_root,
         max_pixels=max_pixels,
         default_image_size=default_image_size,
+        allow_remote_images=allow_remote_images,
         num_proc=num_proc,
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from dataclasses import dataclass, field
+
+from vift_plugin.data.files import read_json_document
 
 BRIEF_QUERIES = (
     "Describe the image briefly.",
@@ -45,23 +46,28 @@ class QueryPool:
     def __post_init__(self) -> None:
         for name in ("brief", "detailed"):
             pool = getattr(self, name)
-            if isinstance(pool, str) or not pool or not all(isinstance(q, str) and q.strip() for q in pool):
+            valid = isinstance(pool, (list, tuple)) and pool and all(isinstance(q, str) and q.strip() for q in pool)
+            if not valid:
                 raise ValueError(f"QueryPool.{name} must be a non-empty list of non-empty strings, got {pool!r}.")
             object.__setattr__(self, name, tuple(pool))
+        if isinstance(self.detailed_min_words, bool) or not isinstance(self.detailed_min_words, int):
+            raise ValueError(f"detailed_min_words must be a whole number, got {self.detailed_min_words!r}.")
         if self.detailed_min_words < 1:
             raise ValueError(f"detailed_min_words must be >= 1, got {self.detailed_min_words}.")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> QueryPool:
         """Read ``{"brief": [...], "detailed": [...], "detailed_min_words": N}`` (any key optional)."""
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_json_document(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object with 'brief' and/or 'detailed' lists.")
         unknown = set(data) - {"brief", "detailed", "detailed_min_words"}
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected brief, detailed, detailed_min_words.")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def pick(self, caption: str, key: str, seed: int) -> str:
         """The request for ``caption``; depends only on ``seed``, ``key`` (the row id) and the caption length.

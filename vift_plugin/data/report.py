@@ -47,8 +47,9 @@ class ConversionReport:
 
 
 def _reason_kind(reason: str) -> str:
-    """Group reasons for the summary: quoted values and paths replaced by ``...``."""
-    return re.sub(r"'[^']*'|\"[^\"]*\"|\S*[/\\]\S*", "...", reason)
+    """Group reasons for the summary: quoted values and paths replaced by ``...``, numbers (line numbers,
+    field counts, byte offsets; not the 8 of UTF-8) by ``N``."""
+    return re.sub(r"(?<![\w-])\d+\b", "N", re.sub(r"'[^']*'|\"[^\"]*\"|\S*[/\\]\S*", "...", reason))
 
 
 def convert_stream(

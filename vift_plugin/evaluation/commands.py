@@ -88,17 +88,31 @@ def _default_output(kind: str, model: str, data: str) -> str:
     return os.path.join(f"vift-{kind}", f"{Path(model).name or 'model'}-{Path(data).stem}")
 
 
+def check_output_dir(path: str | os.PathLike[str]) -> None:
+    """Refuse, before anything is computed, an output folder that cannot be made or written."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--output-dir {target} is a file, not a folder; choose another path.")
+    ancestor = next(folder for folder in [target, *target.absolute().parents] if folder.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"--output-dir {target} cannot be made: {ancestor} is a file.")
+    if not os.access(ancestor, os.W_OK):
+        raise ValueError(f"--output-dir {target} cannot be written: {ancestor} is not writable.")
+
+
 def _read_items(args: argparse.Namespace) -> Any:
     from vift_plugin.evaluation.benchmark import read_benchmark
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    return read_benchmark(args.data, args.image_root, limit=args.limit)
+    return read_benchmark(args.data, args.image_root, limit=args.limit, allow_remote_images=args.allow_remote_images)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from vift_plugin.evaluation.evaluator import evaluate, write_results
 
+    output = args.output_dir or _default_output("eval", args.model, args.data)
+    check_output_dir(output)
     items = _read_items(args)
     model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
     result = evaluate(
@@ -115,7 +129,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         describe_request=args.describe_request,
     )
-    output = args.output_dir or _default_output("eval", args.model, args.data)
     paths = write_results(result, output)
     if result.fusion is not None:
         fusion = result.fusion
@@ -128,10 +141,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from vift_plugin.evaluation.grid_search import DEFAULT_BETAS, sweep
 
+    output = args.output_dir or _default_output("sweep", args.model, args.data)
+    check_output_dir(output)
     items = _read_items(args)
     model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
     base = parse_fusion_config(args.fusion_config) if args.fusion_config else None
-    output = args.output_dir or _default_output("sweep", args.model, args.data)
     result = sweep(
         model,
         processor,
@@ -178,6 +192,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-answer-marker", action="store_true", help="score the whole output (no markers)")
     parser.add_argument("--max-pixels", type=int, help="downscale larger images to this many pixels")
+    parser.add_argument(
+        "--allow-remote-images",
+        action="store_true",
+        help="accept http(s) image URLs, fetched once before the model loads (public hosts only, with a "
+        "deadline and a size cap per image); default: a URL row is refused",
+    )
     parser.add_argument("--device", help="device to run on (default: cuda when available, else cpu)")
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype"

@@ -85,12 +85,16 @@ def evaluate(
     generate_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     describe_request: str | None = None,
+    allow_remote_images: bool = False,
 ) -> EvalResult:
     """Generate greedy answers to ``items`` in each mode and score them.
 
     ``items``: a benchmark file, :class:`BenchmarkItem` objects or row dicts (``image`` may be a path
-    or a PIL image). ``"plain"`` runs ``generate(vift=False)``; ``"fused"`` runs with ``fusion``, else
-    the model's enabled config, else ``FusionConfig()``; the model's own state is restored afterwards.
+    or a PIL image). A file's or row dicts' images are all decoded before the model runs, so a
+    broken one is named with its row instead of ending the run after the other answers were
+    computed; URLs are refused unless ``allow_remote_images`` (then fetched once, up front).
+    ``"plain"`` runs ``generate(vift=False)``; ``"fused"`` runs with ``fusion``, else the model's enabled
+    config, else ``FusionConfig()``; the model's own state is restored afterwards.
     ``"cascade"`` describes each image under ``describe_request`` (default
     :data:`~vift_plugin.cascade.DEFAULT_DESCRIBE_REQUEST`), then answers the prompt with the description
     in the image's place (:func:`~vift_plugin.cascade.cascade_generate`); the descriptions are kept in
@@ -100,7 +104,7 @@ def evaluate(
     output and in references such as ``"... answer : red"``; ``None`` scores the whole output.
     """
     chosen = check_modes(modes)
-    benchmark = as_items(items, image_root)
+    benchmark = as_items(items, image_root, allow_remote_images=allow_remote_images)
     markers = marker_list(answer_markers)
     scores: dict[str, list[Score]] = {}
     descriptions: dict[str, list[str]] = {}

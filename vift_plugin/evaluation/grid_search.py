@@ -152,6 +152,7 @@ def sweep(
     generate_kwargs: dict[str, Any] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    allow_remote_images: bool = False,
 ) -> SweepResult:
     """Fused accuracy at every ``alpha x beta x first layer`` (fused layers ``range(first, num_layers)``),
     plain accuracy once as the reference; files written to ``output_dir`` by :func:`write_sweep`.
@@ -162,7 +163,7 @@ def sweep(
     from vift_plugin.fusion import fusion_config, vift_fusion
     from vift_plugin.layers import find_decoder_layers
 
-    benchmark = as_items(items, image_root)
+    benchmark = as_items(items, image_root, allow_remote_images=allow_remote_images)
     markers = marker_list(answer_markers)
     base = base_config or fusion_config(model) or FusionConfig()
     num_layers = len(find_decoder_layers(model, base.layers_path))

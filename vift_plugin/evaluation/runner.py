@@ -112,11 +112,20 @@ def encode_batch(
     prompt_builder: PromptBuilder | None = None,
     max_pixels: int | None = None,
 ) -> Any:
-    """The processor's left-padded encoding of ``items`` (chat template with a generation prompt)."""
-    from vift_plugin.data.images import load_image
+    """The processor's left-padded encoding of ``items`` (chat template with a generation prompt).
+
+    An image that fails to load (one changed since the benchmark was read and checked, or an item
+    built in memory) raises an :class:`~vift_plugin.data.ImageError` naming the item's row.
+    """
+    from vift_plugin.data.images import ImageError, load_image
 
     conversations = [item_messages(item, prompt_suffix, prompt_builder) for item in items]
-    images = [[load_image(item.image, max_pixels=max_pixels)] for item in items]
+    images = []
+    for item in items:
+        try:
+            images.append([load_image(item.image, max_pixels=max_pixels)])
+        except ImageError as error:
+            raise ImageError(f"{item.location or f'item {item.id!r}'}: {error}") from error
     return encode_messages(processor, conversations, images)
 
 

@@ -49,6 +49,10 @@ class DataArguments:
         default=1.0, metadata={"help": "Resample the text records to this many times their size."}
     )
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N records of each source."})
+    skip_bad_images: bool = field(
+        default=False,
+        metadata={"help": "Leave out (and count) rows whose image cannot be decoded, instead of stopping."},
+    )
 
     def __post_init__(self) -> None:
         if not (self.caption_files or self.text_files or self.dataset_dir):
@@ -100,6 +104,10 @@ class ViFTTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Downscale images to at most this many pixels (image tokens dominate memory)."}
     )
     image_root: str | None = field(default=None, metadata={"help": "Folder that image paths resolve under."})
+    allow_remote_images: bool = field(
+        default=False,
+        metadata={"help": "Fetch http(s) image references (public hosts only, with a timeout and a size cap)."},
+    )
     fusion_alpha: float = field(default=1.0, metadata={"help": "Saved FusionConfig alpha (weight of h(v, q))."})
     fusion_beta: float = field(default=0.1, metadata={"help": "Saved FusionConfig beta (weight of h(q))."})
     remove_unused_columns: bool = field(

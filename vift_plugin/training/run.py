@@ -94,26 +94,36 @@ def parse_stage(argv: list[str]) -> tuple[Any, Any, Any]:
 
 
 def build_dataset(data_args: Any, processor: Any, training_args: Any) -> Any:
-    """The mixed training dataset (``modality`` and ``length`` columns) named by ``data_args``."""
-    from datasets import load_dataset, load_from_disk
+    """The mixed training dataset (``modality`` and ``length`` columns) named by ``data_args``.
 
+    Every row is read and every image decoded first, so a bad record or image is named (or, with
+    ``skip_bad_images``, counted and left out) before the model loads rather than at some step mid-run.
+    """
+    from datasets import load_from_disk
+
+    from vift_plugin.data.files import load_record_files
+    from vift_plugin.data.images import check_images
     from vift_plugin.data.mixing import add_modality_and_length, mix_datasets
 
-    def first(dataset: Any) -> Any:
-        if data_args.max_samples is None:
-            return dataset
-        return dataset.select(range(min(len(dataset), data_args.max_samples)))
+    images = dict(
+        image_root=training_args.image_root,
+        max_pixels=training_args.max_pixels,
+        allow_remote_images=training_args.allow_remote_images,
+    )
+
+    def checked(dataset: Any) -> Any:
+        if data_args.max_samples is not None:
+            dataset = dataset.select(range(min(len(dataset), data_args.max_samples)))
+        return check_images(dataset, **images, skip_bad=data_args.skip_bad_images)[0]
 
     if data_args.dataset_dir:
-        dataset = first(load_from_disk(data_args.dataset_dir))
+        dataset = checked(load_from_disk(data_args.dataset_dir))
         if "modality" not in dataset.column_names or "length" not in dataset.column_names:
-            dataset = add_modality_and_length(
-                dataset, processor, image_root=training_args.image_root, max_pixels=training_args.max_pixels
-            )
+            dataset = add_modality_and_length(dataset, processor, **images)
         return dataset
 
     def load(files: list[str] | None) -> Any:
-        return first(load_dataset("json", data_files=list(files), split="train")) if files else None
+        return checked(load_record_files(files)) if files else None
 
     return mix_datasets(
         load(data_args.caption_files),
@@ -121,8 +131,7 @@ def build_dataset(data_args: Any, processor: Any, training_args: Any) -> Any:
         processor,
         ratios={"image": data_args.caption_ratio, "text": data_args.text_ratio},
         seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-        image_root=training_args.image_root,
-        max_pixels=training_args.max_pixels,
+        **images,
     )
 
 
@@ -188,7 +197,12 @@ def train_stage(model_args: Any, data_args: Any, training_args: Any) -> Any:
     check_training_data(dataset, training_args)
     model = load_training_model(model_args, training_args)
     logger.info("trainable parameters: %s", describe_trainable(model))
-    collator = ViFTDataCollator(processor, image_root=training_args.image_root, max_pixels=training_args.max_pixels)
+    collator = ViFTDataCollator(
+        processor,
+        image_root=training_args.image_root,
+        max_pixels=training_args.max_pixels,
+        allow_remote_images=training_args.allow_remote_images,
+    )
     trainer = ViFTTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=collator, processing_class=processor
     )
