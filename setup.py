@@ -27,7 +27,7 @@ setup(
     package_data={"vift_plugin": ["py.typed"]},
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.0,<6",
+        "transformers>=5.15,<6",
         "tokenizers>=0.21",
         "safetensors>=0.4",
         "huggingface_hub>=1.0",

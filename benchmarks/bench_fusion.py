@@ -7,11 +7,14 @@ median of ``--repeats`` interleaved runs and the ratios fused/plain for ``live``
 
     python benchmarks/bench_fusion.py                      # small model, CPU
     python benchmarks/bench_fusion.py --size qwen2-vl-2b   # real Qwen2-VL-2B shapes, bf16 on a GPU
+
+``--json FILE`` also writes the figures as JSON (what ``scripts/gpu_check.py`` records).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from typing import Any
@@ -29,6 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model, processor = build(args.size, args.device, dtype)
@@ -83,6 +87,22 @@ def main() -> None:
         f"ratios: live {statistics.median(times['live']) / plain:.3f}x (target <= 1.10), "
         f"official {statistics.median(times['official']) / plain:.3f}x (target <= 1.60)"
     )
+    if args.json:
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        figures = {
+            "size": args.size,
+            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
+            "dtype": str(dtype).removeprefix("torch."),
+            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+            "prompt_tokens": ids.numel(),
+            "image_tokens": n_image,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "median_ms": {name: round(value * 1000, 2) for name, value in medians.items()},
+            "ratio": {name: round(medians[name] / plain, 4) for name in ("live", "official")},
+        }
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(figures, handle, indent=2)
 
 
 if __name__ == "__main__":

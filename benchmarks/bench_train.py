@@ -9,6 +9,8 @@ Prints seconds per optimizer step (median after a warm-up step) and peak memory.
     python benchmarks/bench_train.py --size qwen2-vl-2b --mode lora      # target <= 9 GB
     python benchmarks/bench_train.py --size qwen2-vl-7b --mode qlora     # target <= 12 GB
     python benchmarks/bench_train.py --size small --mode lora,qlora      # CPU smoke run
+
+``--json FILE`` also writes the rows as JSON (what ``scripts/gpu_check.py`` records).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def main() -> None:
     parser.add_argument("--mode", default="lora,qlora", help="comma list of lora, qlora")
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=3, help="measured steps after one warm-up step")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     config, processor = build_config(args.size)
     rows = []
@@ -146,6 +149,9 @@ def main() -> None:
             f"{row['trainable M']:9.1f}M"
         )
     print("targets: qwen2-vl-7b qlora <= 12 GB, qwen2-vl-2b lora <= 9 GB (peak GPU memory)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"device": device, "rows": rows}, handle, indent=2)
 
 
 if __name__ == "__main__":

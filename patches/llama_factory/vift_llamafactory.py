@@ -11,7 +11,13 @@ projector and the language model at one learning rate. This patch adds, on its t
   is ``len(input_ids)``. The order depends only on ``data_seed``/``seed`` and the epoch.
 - per-module learning rates: ``create_optimizer`` puts the vision tower, the connector
   (``multi_modal_projector``; Qwen2-VL's ``visual.merger``) and the language model in their own
-  groups (and decay/no-decay), at ``vision_lr``, ``connector_lr`` and ``language_lr``.
+  groups (and decay/no-decay), at ``vision_lr``, ``connector_lr`` and ``language_lr``. A rate set
+  for a module with no trainable parameter is warned about: LLaMA-Factory freezes the vision tower
+  and the projector by default (``freeze_vision_tower``, ``freeze_multi_modal_projector``).
+- the rates in the logs: ``log`` adds ``learning_rate/vision``, ``learning_rate/connector`` and
+  ``learning_rate/language`` beside ``learning_rate`` (the first group's rate only), and
+  LLaMA-Factory's ``LogCallback`` copies them into ``trainer_log.jsonl`` (it writes a fixed set of
+  keys otherwise).
 
 Use it in Python before ``run_exp()``::
 
@@ -54,6 +60,7 @@ from vift_plugin.training.upstream import (
     check_unpatched,
     has_length,
     mark_patched,
+    role_log_method,
     role_optimizer_method,
     sampler_dataset,
 )
@@ -80,6 +87,16 @@ UPSTREAM = "hiyouga/LLaMA-Factory 0.9.x (0.9.3 / main)"
 PATCHED_METHODS = ("_get_train_sampler", "create_optimizer")
 ROLES = ("vision", "connector", "language")
 CUSTOM_OPTIMIZER = ("llamafactory.train.trainer_utils", "create_custom_optimizer")
+LOG_METHOD = "log"  # replaced on the trainers: adds the per-role rates to the logs
+# The callback that writes trainer_log.jsonl from a fixed list of keys; patched where it exists.
+LOG_CALLBACK = ("llamafactory.train.callbacks", "LogCallback")
+RATE_PREFIX = "learning_rate/"
+# Why a module may have no trainable parameter under LLaMA-Factory (shown when its rate is set).
+IDLE_HINTS = {
+    "vision": "LLaMA-Factory freezes the vision tower unless freeze_vision_tower: false.",
+    "connector": "LLaMA-Factory freezes the projector unless freeze_multi_modal_projector: false.",
+    "language": "LLaMA-Factory freezes the language model with freeze_language_model: true.",
+}
 
 # Environment variables read by apply() for every setting not passed as an argument.
 ENV_VARS = {
@@ -406,6 +423,12 @@ def role_learning_rates(args: Any, config: ViFTLlamaFactoryConfig) -> dict[str, 
     return {role: base if rate is None else float(rate) for role, rate in rates.items()}
 
 
+def rate_settings(config: ViFTLlamaFactoryConfig) -> dict[str, tuple[str, float]]:
+    """The rates set explicitly (argument, ``--vift-*`` or ``VIFT_*``), ``{role: (setting, rate)}``."""
+    rates = {"vision": config.vision_lr, "connector": config.connector_lr, "language": config.language_lr}
+    return {role: (f"{role}_lr", float(rate)) for role, rate in rates.items() if rate is not None}
+
+
 def _is_8bit(optimizer_cls: Any, kwargs: dict[str, Any]) -> bool:
     """bitsandbytes 8-bit optimizers keep embeddings in 32-bit state, as transformers does."""
     return "bitsandbytes" in str(optimizer_cls) and kwargs.get("optim_bits") == 8
@@ -437,7 +460,51 @@ def _make_optimizer_method(original: Callable[..., Any], config: ViFTLlamaFactor
         eight_bit=_is_8bit,
         doc="ViFT (vift_llamafactory): one optimizer group per module role and decay.",
         custom=_custom_optimizer,
+        rate_settings=lambda args: rate_settings(config),
+        hints=IDLE_HINTS,
     )
+
+
+def _make_log_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    return role_log_method(original, "ViFT (vift_llamafactory): logs learning_rate/<role> beside learning_rate.")
+
+
+def _log_callback_class() -> type | None:
+    """LLaMA-Factory's ``LogCallback`` when it is importable and has the ``on_log``/``_write_log`` it patches."""
+    try:
+        cls = getattr(importlib.import_module(LOG_CALLBACK[0]), LOG_CALLBACK[1], None)
+    except Exception as error:  # optional: the trainers' own logs still carry the rates
+        logger.info("vift_llamafactory: %s not patched (%s); trainer_log.jsonl keeps its keys.", LOG_CALLBACK[0], error)
+        return None
+    if not isinstance(cls, type) or not callable(getattr(cls, "on_log", None)):
+        return None
+    return cls if callable(getattr(cls, "_write_log", None)) else None
+
+
+def _make_callback_on_log(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``LogCallback.on_log`` that also writes the newest log's ``learning_rate/<role>`` keys to trainer_log.jsonl.
+
+    Upstream builds the line from a fixed list of keys and hands it to ``self._write_log`` (on a
+    thread pool); for the duration of the call an instance attribute of that name adds the rates.
+    """
+
+    def on_log(self: Any, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        history = getattr(state, "log_history", None) or [{}]
+        rates = {k: v for k, v in history[-1].items() if isinstance(k, str) and k.startswith(RATE_PREFIX)}
+        if not rates:
+            return original(self, args, state, control, **kwargs)
+        write = type(self)._write_log
+
+        def _write_log(output_dir: str, logs: dict[str, Any]) -> None:
+            write(self, output_dir, {**logs, **rates})
+
+        self._write_log = _write_log
+        try:
+            return original(self, args, state, control, **kwargs)
+        finally:
+            self.__dict__.pop("_write_log", None)
+
+    return mark_patched(on_log, "ViFT (vift_llamafactory): trainer_log.jsonl lines also carry learning_rate/<role>.")
 
 
 # --------------------------------------------------------------------------------------- patch handle
@@ -457,7 +524,7 @@ class LlamaFactoryPatch(MethodPatch):
 
     @property
     def trainer_classes(self) -> list[type]:
-        return list(dict.fromkeys(cls for cls, _, _, _ in self.saved))
+        return list(dict.fromkeys(cls for cls, name, _, _ in self.saved if name in PATCHED_METHODS))
 
 
 def active_patches() -> list[LlamaFactoryPatch]:
@@ -511,7 +578,10 @@ def apply_vift_to_llamafactory(
     classes = resolve_trainer_classes(trainer_classes)
     _custom_optimizer_factory()
     for cls in classes:
-        check_unpatched(cls, PATCHED_METHODS, "vift_llamafactory", ViFTPatchError)
+        check_unpatched(cls, (*PATCHED_METHODS, LOG_METHOD), "vift_llamafactory", ViFTPatchError)
+    callback = _log_callback_class()
+    if callback is not None and getattr(callback.on_log, "_vift_patch", False):
+        callback = None  # another active patch (of the other trainer) already adds the rates to the file
     import vift_plugin.data.sampler  # noqa: F401  (fail now, not inside training, when vift_plugin is missing)
 
     handle = LlamaFactoryPatch(config)
@@ -519,6 +589,10 @@ def apply_vift_to_llamafactory(
     for cls in classes:
         for name in PATCHED_METHODS:
             handle.replace(cls, name, makers[name](getattr(cls, name), config))
+        if callable(getattr(cls, LOG_METHOD, None)):
+            handle.replace(cls, LOG_METHOD, _make_log_method(getattr(cls, LOG_METHOD)))
+    if callback is not None:
+        handle.replace(callback, "on_log", _make_callback_on_log(callback.on_log))
     _ACTIVE.append(handle)
     logger.info(
         "vift_llamafactory: patched %s; learning rates vision=%s connector=%s language=%s, grouping %s.",

@@ -23,7 +23,11 @@ What changes on the trainer class (nothing else is touched):
 - ``create_optimizer`` gives every trainable parameter a group by role and weight decay:
   the connector (``mm_projector``) at ``mm_projector_lr``, the vision tower at
   ``mm_vision_tower_lr`` (when the training arguments have it, as in LLaVA-NeXT forks) or the
-  ``vision_lr`` given here, and the language model at ``learning_rate``.
+  ``vision_lr`` given here, and the language model at ``learning_rate``. A rate set for a role with
+  no trainable parameter is warned about: upstream LLaVA's CLIP tower freezes itself, so there
+  ``vision_lr`` does nothing.
+- ``log`` adds each role's rate (``learning_rate/vision``, ``learning_rate/connector``,
+  ``learning_rate/language``) beside ``learning_rate``, which is the first group's rate only.
 
 Written for (read at apply time, checked symbol by symbol):
 
@@ -52,6 +56,7 @@ from vift_plugin.training.upstream import (
     call_compatibly,
     check_unpatched,
     mark_patched,
+    role_log_method,
     role_optimizer_method,
     sampler_dataset,
 )
@@ -73,7 +78,14 @@ __all__ = [
 logger = logging.getLogger("vift_llava")
 
 PATCHED_METHODS = ("_get_train_sampler", "create_optimizer")
+LOG_METHOD = "log"  # replaced with create_optimizer: adds the per-role rates to the logs
 ROLES = ("vision", "connector", "language")
+# Why a role may have no trainable parameter under upstream LLaVA (shown when its rate is set).
+IDLE_HINTS = {
+    "vision": "LLaVA's CLIP vision tower freezes itself (requires_grad_(False) in clip_encoder.py); only forks "
+    "with unfreeze_mm_vision_tower train it.",
+    "connector": "LLaVA trains mm_projector only with tune_mm_mlp_adapter or a full fine-tune.",
+}
 
 
 @dataclass(frozen=True)
@@ -271,6 +283,24 @@ def role_learning_rates(args: Any, config: ViFTLLaVAConfig) -> dict[str, float]:
     }
 
 
+def rate_settings(args: Any, config: ViFTLLaVAConfig) -> dict[str, tuple[str, float]]:
+    """The rates set explicitly, ``{role: (setting, rate)}``, with the same precedence as :func:`role_learning_rates`.
+
+    The language model's rate is upstream's ``learning_rate``, never a choice of the patch, so it is left out.
+    """
+    settings: dict[str, tuple[str, float]] = {}
+    for role, arg_name, patch_name in (
+        ("vision", "mm_vision_tower_lr", "vision_lr"),
+        ("connector", "mm_projector_lr", "connector_lr"),
+    ):
+        value = getattr(args, arg_name, None)
+        if value is not None:
+            settings[role] = (arg_name, float(value))
+        elif getattr(config, patch_name) is not None:
+            settings[role] = (patch_name, float(getattr(config, patch_name)))
+    return settings
+
+
 def _is_8bit(optimizer_cls: Any, kwargs: dict[str, Any]) -> bool:
     """bitsandbytes 8-bit optimizers keep embeddings in 32-bit state, as transformers and LLaVA do."""
     return optimizer_cls.__name__ == "Adam8bit" or (
@@ -288,7 +318,13 @@ def _make_optimizer_method(original: Callable[..., Any], config: ViFTLLaVAConfig
         unapplied="per-role learning rates",
         eight_bit=_is_8bit,
         doc="ViFT (vift_llava): one optimizer group per role (vision/connector/language) and decay.",
+        rate_settings=lambda args: rate_settings(args, config),
+        hints=IDLE_HINTS,
     )
+
+
+def _make_log_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    return role_log_method(original, "ViFT (vift_llava): logs learning_rate/<role> beside learning_rate.")
 
 
 # --------------------------------------------------------------------------------------- patch handle
@@ -349,7 +385,8 @@ def apply_vift_to_llava(
         connector_lr: connector learning rate where ``mm_projector_lr`` is ``None``; default ``learning_rate``.
         remainder: ``"drop"`` or ``"fill"`` the samples of a modality that do not fill an optimizer step.
         length_window: optimizer steps per length-sorting window (``None``: a whole modality).
-        sampler / optimizer: which of the two methods to replace.
+        sampler / optimizer: which of the two methods to replace (``optimizer`` also replaces ``log``,
+            which adds the per-role rates).
         role_of: ``name -> "vision" | "connector" | "language"`` in place of
             :func:`vift_plugin.training.roles.parameter_role` (``mm_projector``, ``vision_tower``, ...).
 
@@ -359,7 +396,7 @@ def apply_vift_to_llava(
     config = ViFTLLaVAConfig(vision_lr, connector_lr, remainder, length_window, sampler, optimizer, role_of)
     _check_config(config)
     cls, spec = resolve_trainer_class(trainer_cls, target)
-    check_unpatched(cls, PATCHED_METHODS, "vift_llava", ViFTPatchError)
+    check_unpatched(cls, (*PATCHED_METHODS, LOG_METHOD), "vift_llava", ViFTPatchError)
     import vift_plugin.data.sampler  # noqa: F401  (fail now, not inside train(), when vift_plugin is missing)
 
     handle = LLaVAPatch(cls, config, spec)
@@ -368,8 +405,11 @@ def apply_vift_to_llava(
         if not getattr(config, "sampler" if name == "_get_train_sampler" else "optimizer"):
             continue
         handle.replace(cls, name, makers[name](getattr(cls, name), config))
+    if config.optimizer and callable(getattr(cls, LOG_METHOD, None)):
+        handle.replace(cls, LOG_METHOD, _make_log_method(getattr(cls, LOG_METHOD)))
     _ACTIVE.append(handle)
-    logger.info("vift_llava: patched %s.%s (%s).", cls.__module__, cls.__qualname__, ", ".join(PATCHED_METHODS))
+    patched = [name for _, name, _, _ in handle.saved]
+    logger.info("vift_llava: patched %s.%s (%s).", cls.__module__, cls.__qualname__, ", ".join(patched))
     return handle
 
 

@@ -4,15 +4,20 @@ The stand-ins keep upstream's module names, class names and signatures: ``Custom
 (``Seq2SeqTrainer``) and ``CustomTrainer`` (``Trainer``) taking ``finetuning_args`` and ``processor``,
 ``_get_train_sampler(self, *args, **kwargs)`` returning a ``SequentialSampler`` under
 ``disable_shuffling``, and ``create_optimizer(self)`` asking
-``trainer_utils.create_custom_optimizer(model, training_args, finetuning_args)`` first.
+``trainer_utils.create_custom_optimizer(model, training_args, finetuning_args)`` first; and
+``callbacks.LogCallback``, which writes ``trainer_log.jsonl`` from a fixed set of keys of the newest log
+through ``self._write_log`` on a thread pool.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 import sys
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -22,7 +27,7 @@ import torch
 from accelerate.data_loader import get_sampler
 from datasets import Dataset
 from torch.utils.data import SequentialSampler
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, TrainingArguments
 
 from tests.patches.conftest import (
     assert_role_groups,
@@ -42,8 +47,44 @@ ENV = ("VIFT_VISION_LR", "VIFT_CONNECTOR_LR", "VIFT_LANGUAGE_LR", "VIFT_GROUP_BY
 # ----------------------------------------------------------------------------------------------- stand-ins
 
 
+class LogCallback(TrainerCallback):
+    """Upstream's ``trainer_log.jsonl`` writer: a fixed set of keys (``learning_rate`` as ``lr``) per log."""
+
+    def __init__(self) -> None:
+        self.thread_pool: ThreadPoolExecutor | None = None
+
+    def _write_log(self, output_dir: str, logs: dict[str, Any]) -> None:
+        with open(os.path.join(output_dir, "trainer_log.jsonl"), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(logs) + "\n")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.should_save:
+            os.makedirs(args.output_dir, exist_ok=True)
+            self.thread_pool = ThreadPoolExecutor(max_workers=1)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.thread_pool is not None:
+            self.thread_pool.shutdown(wait=True)
+            self.thread_pool = None
+
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not args.should_save:
+            return
+        last = state.log_history[-1]
+        logs = dict(
+            current_steps=state.global_step,
+            total_steps=state.max_steps,
+            loss=last.get("loss"),
+            lr=last.get("learning_rate"),
+            epoch=last.get("epoch"),
+        )
+        logs = {k: v for k, v in logs.items() if v is not None}
+        if self.thread_pool is not None:
+            self.thread_pool.submit(self._write_log, args.output_dir, logs)
+
+
 def build_llamafactory(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    """Register stand-in ``llamafactory.train.{trainer_utils, sft.trainer, pt.trainer}`` modules."""
+    """Register stand-in ``llamafactory.train.{trainer_utils, sft.trainer, pt.trainer, callbacks}`` modules."""
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
     for name in ("llamafactory", "llamafactory.train", "llamafactory.train.sft", "llamafactory.train.pt"):
@@ -87,7 +128,11 @@ def build_llamafactory(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         setattr(module, cls.__name__, cls)
         cls.__module__ = module_name
         monkeypatch.setitem(sys.modules, module_name, module)
-    return SimpleNamespace(sft=sft, pt=pt, utils=utils)
+    callbacks = types.ModuleType("llamafactory.train.callbacks")
+    callback = type("LogCallback", (LogCallback,), {"__module__": callbacks.__name__})
+    callbacks.LogCallback = callback  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, callbacks.__name__, callbacks)
+    return SimpleNamespace(sft=sft, pt=pt, utils=utils, callback=callback)
 
 
 @pytest.fixture
@@ -250,6 +295,43 @@ def test_arguments_override_environment_and_defaults_follow_learning_rate(
     assert rates["lm_head.weight"][0] == 1e-5
 
 
+def test_rate_of_a_frozen_module_is_warned_about(
+    vift_llamafactory: ModuleType,
+    lf: SimpleNamespace,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """LLaMA-Factory freezes the vision tower and projector by default: their rates would do nothing."""
+    model, _ = build_tiny_model("qwen2_vl")
+    model.model.visual.requires_grad_(False)  # freeze_vision_tower (default), the merger too (projector)
+    monkeypatch.setenv("VIFT_VISION_LR", "1e-05")
+    trainer = sft_trainer(lf, tmp_path, model)
+    with caplog.at_level(logging.WARNING, logger="vift_llamafactory"), vift_llamafactory.apply(connector_lr=2e-6):
+        trainer.create_optimizer()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    vision, connector = sorted(warnings, key=lambda m: "connector" in m)
+    assert "vision_lr=1e-05 is set but the vision role has no trainable parameter (frozen)" in vision
+    assert "the rate does nothing" in vision and "freeze_vision_tower: false" in vision
+    assert "connector_lr=2e-06 is set but the connector role" in connector
+    assert "freeze_multi_modal_projector: false" in connector
+    assert {group["role"] for group in trainer.optimizer.param_groups} == {"language"}
+
+
+def test_no_warning_when_the_rates_are_unset_or_their_modules_train(
+    vift_llamafactory: ModuleType, lf: SimpleNamespace, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, _ = build_tiny_model("qwen2_vl")
+    model.model.visual.requires_grad_(False)
+    with caplog.at_level(logging.WARNING, logger="vift_llamafactory"), vift_llamafactory.apply(language_lr=1e-4):
+        sft_trainer(lf, tmp_path, model).create_optimizer()  # vision and connector frozen, but no rate set
+    model.model.visual.requires_grad_(True)
+    with caplog.at_level(logging.WARNING, logger="vift_llamafactory"), vift_llamafactory.apply(vision_lr=1e-6):
+        sft_trainer(lf, tmp_path, model).create_optimizer()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_custom_optimizers_of_llamafactory_win(
     vift_llamafactory: ModuleType, lf: SimpleNamespace, tmp_path: Path
 ) -> None:
@@ -280,15 +362,24 @@ def test_bad_environment_values_are_errors(
 def test_remove_restores_both_trainers_exactly(vift_llamafactory: ModuleType, lf: SimpleNamespace) -> None:
     names = ("_get_train_sampler", "create_optimizer")
     originals = {(cls, name): cls.__dict__[name] for cls in (lf.sft, lf.pt) for name in names}
+    on_log = lf.callback.__dict__.get("on_log")
     handle = vift_llamafactory.apply()
     assert handle.trainer_classes == [lf.sft, lf.pt]
     for (cls, name), original in originals.items():
         assert cls.__dict__[name] is not original
+    for cls in (lf.sft, lf.pt):  # log is inherited from transformers: replaced on the class, removed after
+        assert getattr(cls.__dict__["log"], "_vift_patch", False)
+    assert getattr(lf.callback.on_log, "_vift_patch", False)
     with pytest.raises(vift_llamafactory.ViFTPatchError, match="already patched"):
         vift_llamafactory.apply("pt")
     handle.remove()
     for (cls, name), original in originals.items():
         assert cls.__dict__[name] is original
+    assert "log" not in lf.sft.__dict__ and "log" not in lf.pt.__dict__
+    assert lf.callback.__dict__.get("on_log") is on_log and not getattr(lf.callback.on_log, "_vift_patch", False)
+    with vift_llamafactory.apply("sft"), vift_llamafactory.apply("pt"):  # one callback patch serves both
+        assert getattr(lf.callback.on_log, "_vift_patch", False)
+    assert not getattr(lf.callback.on_log, "_vift_patch", False)
     with vift_llamafactory.vift_llamafactory_patch("sft"):
         assert lf.sft.__dict__["create_optimizer"] is not originals[(lf.sft, "create_optimizer")]
         assert lf.pt.__dict__["create_optimizer"] is originals[(lf.pt, "create_optimizer")]
@@ -375,7 +466,7 @@ def test_custom_seq2seq_trainer_trains_grouped(
         seen,
         lambda features: [{"messages": json.loads(f["messages"]), "images": f["images"]} for f in features],
     )
-    args = Seq2SeqTrainingArguments(**tiny_run_arguments(tmp_path, max_steps=2, seed=1))
+    args = Seq2SeqTrainingArguments(**tiny_run_arguments(tmp_path, max_steps=2, seed=1, logging_steps=1))
     trainer = lf.sft(
         finetuning_args=finetuning(),
         processor=None,
@@ -383,11 +474,26 @@ def test_custom_seq2seq_trainer_trains_grouped(
         args=args,
         train_dataset=dataset,
         data_collator=collate,
+        callbacks=[lf.callback()],
     )
     with vift_llamafactory.apply(connector_lr=1e-2, vision_lr=0.0):
         trainer.train()
         assert isinstance(get_sampler(trainer.get_train_dataloader()), ModalityGroupedSampler)
     assert_trained_grouped(trainer, seen, 2, {"vision": 0.0, "connector": 1e-2, "language": 1e-3})
+    # each role's rate is logged beside transformers' learning_rate (the first group's: vision) ...
+    rates = {"learning_rate/vision": 0.0, "learning_rate/connector": 1e-2, "learning_rate/language": 1e-3}
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2
+    for entry in logged:
+        assert entry["learning_rate"] == 0.0
+        assert {key: entry[key] for key in rates} == rates
+    # ... and reaches LLaMA-Factory's trainer_log.jsonl, which otherwise has only the first group's rate
+    lines = [json.loads(line) for line in (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()]
+    steps = [line for line in lines if "loss" in line]
+    assert [line["current_steps"] for line in steps] == [1, 2]
+    for line in steps:
+        assert line["lr"] == 0.0 and {key: line[key] for key in rates} == rates
+    assert not getattr(lf.callback.on_log, "_vift_patch", False)  # restored on leaving the block
 
 
 def test_configuration_precedence(vift_llamafactory: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ signed ``modality_lengths``) and are registered in ``sys.modules`` under upstrea
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 import types
@@ -368,6 +369,48 @@ def test_frozen_parameters_and_existing_optimizers_are_respected(
         assert other.create_optimizer() is preset
 
 
+@pytest.mark.parametrize(
+    ("args_cls", "arguments", "patch", "setting"),
+    [
+        (LLaVATrainingArguments, {}, {"vision_lr": 1e-5}, "vision_lr=1e-05"),
+        (NeXTTrainingArguments, {"mm_vision_tower_lr": 2e-6}, {"vision_lr": 1e-5}, "mm_vision_tower_lr=2e-06"),
+    ],
+)
+def test_vision_rate_with_a_frozen_vision_tower_is_warned_about(
+    vift_llava: ModuleType,
+    llava_cls: type,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    args_cls: type,
+    arguments: dict[str, Any],
+    patch: dict[str, float],
+    setting: str,
+) -> None:
+    """Upstream LLaVA's CLIP tower freezes itself, so a vision rate does nothing there: say so, naming the rate."""
+    model = UpstreamLayout()
+    model.model.vision_tower.requires_grad_(False)
+    trainer = make_trainer(llava_cls, model, tmp_path, args_cls, **arguments)
+    with caplog.at_level(logging.WARNING, logger="vift_llava"), vift_llava.apply(**patch):
+        trainer.create_optimizer()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{setting} is set but the vision role has no trainable parameter (frozen); the rate does nothing" in warning
+    assert "clip_encoder.py" in warning
+    assert {group["role"] for group in trainer.optimizer.param_groups} == {"connector", "language"}
+
+
+def test_no_warning_for_unset_rates_or_trained_roles(
+    vift_llava: ModuleType, llava_cls: type, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    frozen = UpstreamLayout()
+    frozen.model.vision_tower.requires_grad_(False)
+    with caplog.at_level(logging.WARNING, logger="vift_llava"):
+        with vift_llava.apply():  # no vision rate: upstream's frozen tower is nothing to report
+            make_trainer(llava_cls, frozen, tmp_path).create_optimizer()
+        with vift_llava.apply(vision_lr=1e-6, connector_lr=1e-6):  # both roles train
+            make_trainer(llava_cls, UpstreamLayout(), tmp_path).create_optimizer()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_role_of_overrides_the_role_table(vift_llava: ModuleType, llava_cls: type, tmp_path: Path) -> None:
     model = UpstreamLayout()
     trainer = make_trainer(llava_cls, model, tmp_path)
@@ -549,7 +592,9 @@ def test_llava_trainer_trains_with_single_modality_steps(
     seen: list[str] = []
     collate = recording_collate(collator, seen)
     args = LLaVATrainingArguments(
-        **tiny_run_arguments(tmp_path, max_steps=3, mm_projector_lr=1e-2, group_by_modality_length=True, seed=0)
+        **tiny_run_arguments(
+            tmp_path, max_steps=3, mm_projector_lr=1e-2, group_by_modality_length=True, seed=0, logging_steps=1
+        )
     )
     trainer = llava_cls(model=model, args=args, train_dataset=dataset, data_collator=collate)
     vision_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".vision_tower." in n}
@@ -559,6 +604,15 @@ def test_llava_trainer_trains_with_single_modality_steps(
         assert isinstance(get_sampler(trainer.get_train_dataloader()), ModalityGroupedSampler)
     assert len(seen) >= 6  # accelerate collates one batch ahead
     assert_trained_grouped(trainer, seen, 3, {"vision": 0.0, "connector": 1e-2, "language": 1e-3})
+    # each role's rate is logged beside transformers' learning_rate, which is the first group's (vision)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 3
+    for entry in logged:
+        assert entry["learning_rate"] == 0.0
+        assert entry["learning_rate/vision"] == 0.0
+        assert entry["learning_rate/connector"] == 1e-2
+        assert entry["learning_rate/language"] == 1e-3
+    assert "log" not in llava_cls.__dict__  # the log wrapper went with the patch
     assert "image" in seen[:6]  # 3 image steps and 2 text steps exist: 3 steps cannot all be text
     for name, parameter in model.named_parameters():
         if name in vision_before:

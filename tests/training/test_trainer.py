@@ -245,6 +245,97 @@ def test_optimizer_has_one_learning_rate_per_role(checkpoint_dir: Any, toy: ToyD
     # a constant schedule keeps each group's own rate through training
     trainer.train()
     assert {g["role"]: g["lr"] for g in trainer.optimizer.param_groups} == rates
+    # and the logs carry each role's rate beside transformers' learning_rate (the first group's: vision)
+    (logged,) = train_losses(trainer)
+    assert logged["learning_rate"] == rates["vision"]
+    assert {k: v for k, v in logged.items() if k.startswith("learning_rate/")} == {
+        f"learning_rate/{role}": rate for role, rate in rates.items()
+    }
+    assert not [k for k in logged if k.startswith("lr_")]
+
+
+def test_logged_role_rates_follow_the_schedule_like_learning_rate(
+    checkpoint_dir: Any, toy: ToyData, tmp_path: Path
+) -> None:
+    """Under a decaying schedule each logged role rate is that step's rate, as transformers' learning_rate is
+    (read before the scheduler moves on): the first group's role equals learning_rate at every step."""
+    rates = {"vision": 4e-3, "connector": 1e-3, "language": 2e-3}
+    args = make_args(
+        tmp_path, toy, **{f"{role}_lr": rate for role, rate in rates.items()}, lr_scheduler_type="linear", max_steps=3
+    )
+    trainer = make_trainer(checkpoint_dir("qwen2_vl"), toy, args, texts=False)
+    trainer.train()
+    logged = train_losses(trainer)
+    assert len(logged) == 3
+    for step, entry in enumerate(logged):
+        factor = 1 - step / 3  # linear decay from the full rate, no warm-up
+        assert entry["learning_rate"] == pytest.approx(rates["vision"] * factor)
+        for role, rate in rates.items():
+            assert entry[f"learning_rate/{role}"] == pytest.approx(rate * factor), (step, role)
+
+
+def test_logged_role_rates_match_either_way_transformers_reads_learning_rate() -> None:
+    """Releases that log learning_rate after the scheduler's step (LLaVA pins 4.3x) get the current rates."""
+    from vift_plugin.training.roles import logged_learning_rates, track_step_learning_rates
+
+    weights = [nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))]
+    groups = [
+        {"params": [weights[0]], "lr": 1.0, "role": "vision"},
+        {"params": [weights[1]], "lr": 2.0, "role": "language"},
+    ]
+    optimizer = torch.optim.SGD(groups, lr=1.0)
+    track_step_learning_rates(optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+    assert logged_learning_rates(optimizer, 1.0) == {"learning_rate/vision": 1.0, "learning_rate/language": 2.0}
+    optimizer.step()  # records the step's rates (1, 2), then the scheduler halves them
+    scheduler.step()
+    taken = {"learning_rate/vision": 1.0, "learning_rate/language": 2.0}
+    assert logged_learning_rates(optimizer, 1.0) == taken  # transformers 5: the rate before the scheduler step
+    assert logged_learning_rates(optimizer, 0.5) == {"learning_rate/vision": 0.5, "learning_rate/language": 1.0}
+    assert logged_learning_rates(SimpleWrapper(optimizer), 1.0) == taken  # accelerate's AcceleratedOptimizer
+
+
+@dataclass
+class SimpleWrapper:
+    """Like accelerate's ``AcceleratedOptimizer``: the torch optimizer as ``.optimizer``."""
+
+    optimizer: Any
+
+    @property
+    def param_groups(self) -> Any:
+        return self.optimizer.param_groups
+
+
+def test_rate_of_a_role_without_trainable_parameters_is_warned_about(
+    checkpoint_dir: Any, toy: ToyData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model that arrives with its vision encoder frozen makes vision_lr a no-op: warn, naming rate and role.
+
+    A role frozen by the run's own freeze_<role> is expected (recipes set the rates once for two
+    stages) and only logged at INFO.
+    """
+    import logging
+
+    args = make_args(tmp_path, toy, vision_lr=1e-5, connector_lr=2e-6, max_steps=1)
+    trainer = make_trainer(checkpoint_dir("qwen2_vl"), toy, args)
+    assert trainer.model is not None
+    unwrap_model(trainer.model).model.visual.blocks.requires_grad_(False)
+    unwrap_model(trainer.model).model.visual.patch_embed.requires_grad_(False)
+    with caplog.at_level(logging.INFO, logger="vift_plugin.training.trainer"):
+        trainer.create_optimizer()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "vision_lr=1e-05 is set but the vision role has no trainable parameter (frozen); the rate does nothing."
+    ]
+    assert {g["role"] for g in trainer.optimizer.param_groups} == {"connector", "language"}
+
+    caplog.clear()
+    args = make_args(tmp_path, toy, vision_lr=1e-5, freeze_vision=True, max_steps=1)
+    with caplog.at_level(logging.INFO, logger="vift_plugin.training.trainer"):
+        make_trainer(checkpoint_dir("qwen2_vl"), toy, args).create_optimizer()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    (info,) = [r.getMessage() for r in caplog.records if "vision_lr=1e-05 is set" in r.getMessage()]
+    assert info.endswith("the rate does nothing. freeze_vision is set.")
 
 
 def test_frozen_role_has_no_group_and_rates_default_to_learning_rate(

@@ -13,6 +13,7 @@ from typing import Any
 
 import transformers
 from transformers import PretrainedConfig, PreTrainedTokenizerFast, ProcessorMixin
+from transformers.processing_utils import VideosKwargs
 
 from vift_plugin.processors import image_only_processor_class, resolve_processor_class
 from vift_plugin.testing import chat_templates
@@ -385,3 +386,65 @@ FAMILIES: dict[str, FamilyRecipe] = {
         FamilyRecipe("internvl", _internvl, "InternVL 3 (hf): InternViT + pixel shuffle + Qwen2"),
     ]
 }
+
+
+def family_unavailable(name: str) -> str | None:
+    """Why this environment cannot build ``name``'s tiny checkpoint (e.g. transformers < 5.18 needs
+    torchvision for Idefics3's image processor), or None when it can."""
+    try:
+        FAMILIES[name].build()
+    except ImportError as error:
+        return str(error).strip().split(". ")[0] + "."
+    return None
+
+
+@dataclass(frozen=True)
+class VideoProcessorSpec:
+    """What a family's video processor saves beyond the settings it shares with the image processor.
+
+    ``shared`` names the class's own settings (not in ``VideosKwargs``) that it takes from the image
+    processor; ``defaults`` are its video-only settings at the class's defaults, as ``to_dict`` writes them.
+    """
+
+    class_name: str
+    shared: tuple[str, ...]
+    defaults: dict[str, Any]
+
+
+QWEN2_VL_VIDEO = VideoProcessorSpec(
+    "Qwen2VLVideoProcessor",
+    shared=("patch_size", "temporal_patch_size", "merge_size"),
+    defaults=dict(do_sample_frames=False, min_frames=4, max_frames=768, max_video_tokens=128000, return_metadata=False),
+)
+
+# Families whose transformers processor also takes a video processor (``AutoVideoProcessor`` maps their
+# model type to these classes); the other six are image-only.
+VIDEO_PROCESSORS: dict[str, VideoProcessorSpec] = {
+    "qwen2_vl": QWEN2_VL_VIDEO,
+    "qwen2_5_vl": QWEN2_VL_VIDEO,
+    "internvl": VideoProcessorSpec(
+        "InternVLVideoProcessor",
+        shared=(),
+        defaults=dict(do_sample_frames=False, initial_shift=True, return_metadata=False),
+    ),
+}
+
+
+def video_processor_config(family: str, processor: ProcessorMixin) -> dict[str, Any] | None:
+    """The ``video_preprocessor_config.json`` a real checkpoint of ``family`` carries, or None if it has none.
+
+    Upstream loaders (``AutoProcessor`` with torchvision installed, hence LLaMA-Factory) build the full
+    processor and fail on a folder without it. The video processor classes import torchvision, which
+    the plugin does not require, so the dict is written from the image processor's settings (the same
+    size, patching and normalisation, so videos and images are cut alike) plus the class's video-only
+    defaults: exactly what the class's ``to_dict`` returns for those settings.
+    """
+    spec = VIDEO_PROCESSORS.get(family)
+    if spec is None:
+        return None
+    image_settings = processor.image_processor.to_dict()
+    accepted = set(VideosKwargs.__annotations__) | set(spec.shared)
+    config = {k: v for k, v in image_settings.items() if k in accepted and v is not None}
+    config.update(spec.defaults)
+    config["video_processor_type"] = spec.class_name
+    return dict(sorted(config.items()))

@@ -97,6 +97,87 @@ def role_param_groups(
     return groups
 
 
+STEP_RATES_ATTRIBUTE = "vift_step_learning_rates"
+
+
+def learning_rate_logs(param_groups: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """``{"learning_rate/vision": lr, ...}``: each role's rate now in ``param_groups`` (its first group's).
+
+    transformers logs ``learning_rate`` from the first parameter group only; with one group per role
+    that is whichever role comes first (the vision encoder), so the connector's and the language
+    model's schedules would not show in the logs, trainer_state.json or the plots without these keys.
+    """
+    logs: dict[str, float] = {}
+    for group in param_groups:
+        role = group.get("role")
+        if role is not None:
+            logs.setdefault(f"learning_rate/{role}", float(group["lr"]))
+    return logs
+
+
+def track_step_learning_rates(optimizer: Any) -> None:
+    """Record each role's rate every time ``optimizer`` steps: the rates that step used.
+
+    The scheduler steps right after the optimizer, so at logging time the groups already hold the
+    next step's rates, while transformers logs ``learning_rate`` as the step's own (read before the
+    scheduler moves). Kept as an attribute of the optimizer so every log wrapper can read it.
+    """
+    register = getattr(optimizer, "register_step_post_hook", None)
+    if register is None:
+        return
+
+    def record(stepped: Any, args: Any, kwargs: Any) -> None:
+        setattr(stepped, STEP_RATES_ATTRIBUTE, learning_rate_logs(stepped.param_groups))
+
+    register(record)
+
+
+def logged_learning_rates(optimizer: Any, logged_rate: float | None) -> dict[str, float]:
+    """Each role's rate for a log line, on the same footing as the ``learning_rate`` transformers logs.
+
+    That is the rate of the step just taken (recorded by :func:`track_step_learning_rates`), except
+    under transformers releases that log the rate after the scheduler's step (LLaVA's 4.3x pins): where
+    ``logged_rate`` equals the first group's current rate and not its recorded one, the current rates
+    are returned, so ``learning_rate/<first role>`` always equals ``learning_rate``.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+    current = learning_rate_logs(inner.param_groups)
+    stepped: dict[str, float] | None = getattr(inner, STEP_RATES_ATTRIBUTE, None)
+    if not stepped:
+        return current
+    first = inner.param_groups[0].get("role") if inner.param_groups else None
+    key = f"learning_rate/{first}"
+    if logged_rate is not None and current.get(key) == logged_rate and stepped.get(key) != logged_rate:
+        return current
+    return stepped
+
+
+def idle_rate_messages(
+    named_roles: dict[Any, list[tuple[str, nn.Parameter]]],
+    settings: dict[str, tuple[str, float]],
+    hints: dict[str, str] | None = None,
+) -> list[str]:
+    """One message per role whose learning rate was set but which has no trainable parameter.
+
+    ``settings`` maps a role to the setting that gave its rate and the rate (``{"vision": ("vision_lr",
+    1e-5)}``), only for rates set explicitly (a rate defaulted from ``learning_rate`` is not a choice to
+    report); ``hints`` adds a per-role reason (e.g. that upstream freezes its vision tower). Such a
+    rate silently does nothing: the role gets no optimizer group.
+    """
+    messages = []
+    for role, (setting, rate) in settings.items():
+        named = named_roles.get(role, [])
+        if any(parameter.requires_grad for _, parameter in named):
+            continue
+        why = "frozen" if named else "the model has no parameter of that role"
+        hint = (hints or {}).get(role)
+        messages.append(
+            f"{setting}={rate:g} is set but the {role} role has no trainable parameter ({why}); the rate does "
+            f"nothing" + (f". {hint}" if hint else ".")
+        )
+    return messages
+
+
 def check_roles(model: nn.Module) -> dict[Role, int]:
     """Parameter counts per role; an error naming the model class when vision or connector is empty."""
     counts = {role: sum(p.numel() for _, p in params) for role, params in parameters_by_role(model).items()}

@@ -16,7 +16,15 @@ from vift_plugin.data.sampler import sampler_for_trainer
 from vift_plugin.training.arguments import ViFTTrainingArguments
 from vift_plugin.training.checkpoints import load_full_weights, resolve_resume, save_failure, set_aside
 from vift_plugin.training.model import load_trainable_weights, save_trainable_weights
-from vift_plugin.training.roles import check_modalities_train, parameters_by_role, role_param_groups
+from vift_plugin.training.roles import (
+    ROLES,
+    check_modalities_train,
+    idle_rate_messages,
+    logged_learning_rates,
+    parameters_by_role,
+    role_param_groups,
+    track_step_learning_rates,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +43,10 @@ class ViFTTrainer(Trainer):
     - ``_get_train_sampler`` returns a :class:`ModalityGroupedSampler` sized by the trainer's
       per-device batch, world size and gradient accumulation, seeded by ``data_seed``/``seed``;
     - the optimizer has one parameter group per role (and decay/no-decay), at ``vision_lr``,
-      ``connector_lr`` and ``language_lr``;
+      ``connector_lr`` and ``language_lr``; logs carry each role's rate of the logged step as
+      ``learning_rate/vision``, ``learning_rate/connector`` and ``learning_rate/language`` beside
+      transformers' ``learning_rate`` (the first group's only); a rate set for a role that has no trainable
+      parameter is warned about, unless ``freeze_<role>`` froze it on purpose;
     - logs carry ``loss_image`` and ``loss_text``: the training loss per optimizer step of each
       modality since the previous log, on the scale of ``loss`` (every step is single-modality, so
       this is the caption loss vs the text-instruction loss; local to the logging rank);
@@ -83,12 +94,34 @@ class ViFTTrainer(Trainer):
         if self.optimizer is None:
             decay = set(self.get_decay_parameter_names(opt_model))
             rates = self.args.role_learning_rates()
-            groups = role_param_groups(parameters_by_role(opt_model), decay, self.args.weight_decay, rates)
+            named = parameters_by_role(opt_model)
+            self._report_idle_rates(named)
+            groups = role_param_groups(named, decay, self.args.weight_decay, rates)
             if not groups:
                 raise ValueError("No trainable parameters: check the freeze_* and LoRA settings.")
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            track_step_learning_rates(self.optimizer)
         return self.optimizer
+
+    def _report_idle_rates(self, named: dict[Any, list[tuple[str, torch.nn.Parameter]]]) -> None:
+        """Warn where ``<role>_lr`` is set but the role trains nothing, so the rate is silently unused.
+
+        A role frozen by this run's own ``freeze_<role>`` is only logged at INFO: a recipe that sets
+        ``vision_lr`` once for two stages and freezes the encoder in the first does so on purpose.
+        """
+        if not self.is_world_process_zero():
+            return
+        settings = {
+            role: (f"{role}_lr", float(rate))
+            for role in ROLES
+            if (rate := getattr(self.args, f"{role}_lr")) is not None
+        }
+        deliberate = set(self.args.frozen_roles())
+        for role, setting in settings.items():
+            hint: dict[str, str] | None = {role: f"freeze_{role} is set."} if role in deliberate else None
+            for message in idle_rate_messages(named, {role: setting}, hint):
+                logger.log(logging.INFO if role in deliberate else logging.WARNING, message)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         modality = batch_modality(inputs)
@@ -103,10 +136,8 @@ class ViFTTrainer(Trainer):
                 if losses:
                     logs[f"loss_{modality}"] = round(float(torch.stack(losses).sum()) * steps / len(losses), 6)
             self._modality_losses.clear()
-            if self.optimizer is not None:
-                for group in self.optimizer.param_groups:
-                    if "role" in group:
-                        logs[f"lr_{group['role']}"] = group["lr"]
+        if "learning_rate" in logs and self.optimizer is not None:
+            logs.update(logged_learning_rates(self.optimizer, logs["learning_rate"]))
         super().log(logs, start_time)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:

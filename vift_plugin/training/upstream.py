@@ -14,7 +14,16 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
-from vift_plugin.training.roles import ROLES, parameters_by_role, role_param_groups
+from vift_plugin.training.roles import (
+    ROLES,
+    idle_rate_messages,
+    logged_learning_rates,
+    parameters_by_role,
+    role_param_groups,
+    track_step_learning_rates,
+)
+
+RateSettings = Callable[[Any], dict[str, tuple[str, float]]]
 
 
 def has_length(dataset: Any) -> bool:
@@ -118,8 +127,15 @@ def _role_optimizer(
     owner: str,
     unapplied: str,
     eight_bit: Callable[[Any, dict[str, Any]], bool],
+    rate_settings: RateSettings | None = None,
+    hints: dict[str, str] | None = None,
 ) -> Any | None:
-    """The trainer's optimizer class over one group per (role, decay), or ``None`` where that class builds its own."""
+    """The trainer's optimizer class over one group per (role, decay), or ``None`` where that class builds its own.
+
+    Warns (on the main process) for each rate ``rate_settings(args)`` reports as set whose role has no
+    trainable parameter: upstream recipes freeze modules on their own (LLaVA's vision tower always,
+    LLaMA-Factory's vision tower and projector by default), which would make the rate silently unused.
+    """
     optimizer_cls, optimizer_kwargs = optimizer_cls_and_kwargs(trainer, model)
     if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
         logger.warning(
@@ -128,8 +144,13 @@ def _role_optimizer(
         )
         return None
     rates = learning_rates(trainer.args)
+    roles = named_roles(model, role_of, owner)
+    main_process = getattr(trainer, "is_world_process_zero", None)
+    if rate_settings is not None and (main_process is None or main_process()):
+        for message in idle_rate_messages(roles, rate_settings(trainer.args), hints):
+            logger.warning(f"{owner}: {message}")
     param_groups = role_param_groups(
-        named_roles(model, role_of, owner),
+        roles,
         decay_parameter_names(trainer, model),
         float(trainer.args.weight_decay),
         rates,
@@ -137,6 +158,7 @@ def _role_optimizer(
     if not param_groups:
         raise ValueError(f"{owner}: the model has no trainable parameters.")
     optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+    track_step_learning_rates(optimizer)
     if eight_bit(optimizer_cls, optimizer_kwargs):
         keep_embeddings_32bit(model)
     logger.info(
@@ -159,10 +181,14 @@ def role_optimizer_method(
     eight_bit: Callable[[Any, dict[str, Any]], bool],
     doc: str,
     custom: Callable[[Any, Any], Any | None] | None = None,
+    rate_settings: RateSettings | None = None,
+    hints: dict[str, str] | None = None,
 ) -> Callable[..., Any]:
     """A ``create_optimizer`` replacement: one optimizer group per (role, decay) at ``learning_rates(args)``.
 
     ``custom(trainer, model)`` may return an optimizer that upstream's own settings select instead.
+    ``rate_settings(args)`` names the rates set explicitly (``{role: (setting, rate)}``), to warn where
+    such a role has no trainable parameter; ``hints`` says per role why upstream may have frozen it.
     Where the optimizer class builds its own groups, ``original`` runs unchanged (logged; ``unapplied``
     names what is skipped). Embeddings keep 32-bit state where ``eight_bit(optimizer_cls, kwargs)``.
     ``original`` always runs last: it sees the optimizer set and returns it, wrapping it where it does.
@@ -183,12 +209,32 @@ def role_optimizer_method(
                     owner=owner,
                     unapplied=unapplied,
                     eight_bit=eight_bit,
+                    rate_settings=rate_settings,
+                    hints=hints,
                 )
             if optimizer is not None:
                 self.optimizer = optimizer
         return call_compatibly(original, self, *args, **kwargs)
 
     return mark_patched(create_optimizer, doc)
+
+
+def role_log_method(original: Callable[..., Any], doc: str) -> Callable[..., Any]:
+    """A ``log`` replacement that adds each role's rate (``learning_rate/vision``, ...) to the logs.
+
+    transformers' ``learning_rate`` is the first parameter group's rate, so under per-role groups it
+    shows one role only. The keys are added wherever ``learning_rate`` is logged and the optimizer
+    has role groups; everything that reads the logs (``log_history``, ``trainer_state.json``, the
+    console, TensorBoard or W&B) then sees them. ``original`` does the logging, with any extra arguments.
+    """
+
+    def log(self: Any, logs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        optimizer = getattr(self, "optimizer", None)
+        if isinstance(logs, dict) and "learning_rate" in logs and optimizer is not None:
+            logs.update(logged_learning_rates(optimizer, logs["learning_rate"]))
+        return original(self, logs, *args, **kwargs)
+
+    return mark_patched(log, doc)
 
 
 _Patch = TypeVar("_Patch", bound="MethodPatch")
