@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vift_plugin.data.queries import DETAILED_QUERIES
-
-Messages = list[dict[str, Any]]
+from vift_plugin.generation import Messages, batches, encode_messages, fusion_mode, generate_batch, to_model
 
 DEFAULT_DESCRIBE_REQUEST = DETAILED_QUERIES[0]
 DEFAULT_DESCRIPTION_TEMPLATE = "{description}\n"
@@ -112,7 +111,6 @@ def cascade_generate(
     ``describe_max_new_tokens`` defaults to ``max_new_tokens``.
     """
     from vift_plugin.data.images import load_image
-    from vift_plugin.evaluation.runner import batches, encode_messages, fusion_mode, generate_batch, to_model
 
     if len(conversations) != len(images):
         raise ValueError(f"got {len(conversations)} conversations but {len(images)} image entries")

@@ -631,7 +631,8 @@ def write_llamafactory_dataset(
     ``dataset_info.json`` are kept. Use it as ``dataset: {name}`` with ``dataset_dir: {dataset_dir}``.
     Returns ``{"captions": n, "texts": m}``.
     """
-    from vift_plugin.data.files import atomic_output, write_llava_records
+    from vift_plugin.data.export import write_llava_records
+    from vift_plugin.data.files import atomic_output
 
     folder = Path(dataset_dir)
     counts = write_llava_records(

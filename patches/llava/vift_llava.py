@@ -444,7 +444,7 @@ def write_llava_json(
 
     Returns ``{"captions": n, "texts": m}``, the records written of each kind.
     """
-    from vift_plugin.data.files import write_llava_records
+    from vift_plugin.data.export import write_llava_records
 
     return write_llava_records(
         output,

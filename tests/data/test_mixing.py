@@ -12,7 +12,7 @@ from PIL import Image, ImageFile
 from vift_plugin import load_processor
 from vift_plugin.cli import main
 from vift_plugin.data import ViFTDataCollator, mix_datasets
-from vift_plugin.data.images import ImageError
+from vift_plugin.data.files import ImageError
 from vift_plugin.data.mixing import resample
 from vift_plugin.data.schema import caption_messages, text_part
 

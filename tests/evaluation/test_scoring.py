@@ -16,8 +16,9 @@ from vift_plugin.evaluation import (
     score_prediction,
     summarize,
 )
+from vift_plugin.evaluation.answers import gold_choice
 from vift_plugin.evaluation.evaluator import summary_markdown
-from vift_plugin.evaluation.scoring import Score, gold_choice, score_all
+from vift_plugin.evaluation.scoring import Score, score_all
 
 Scored = tuple[list[Any], list[Score]]
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText
 from tests.evaluation.conftest import colour_rows, read_jsonl, write_jsonl
 from vift_plugin import FusionConfig, enable_vift, fusion_config, load_processor
 from vift_plugin.evaluation import SweepPoint, SweepResult, read_benchmark, sweep, write_sweep
-from vift_plugin.evaluation.grid_search import NO_MATPLOTLIB
+from vift_plugin.evaluation.fusion_sweep import NO_MATPLOTLIB
 from vift_plugin.fusion import FusionHandle
 
 

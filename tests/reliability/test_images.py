@@ -27,7 +27,8 @@ from PIL import Image
 
 from vift_plugin.cli import main
 from vift_plugin.data.captions import convert_caption_file
-from vift_plugin.data.images import ImageError, load_image
+from vift_plugin.data.files import ImageError
+from vift_plugin.data.images import load_image
 from vift_plugin.data.schema import caption_messages
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

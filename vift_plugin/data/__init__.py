@@ -19,8 +19,8 @@ if TYPE_CHECKING:
         register_caption_format,
     )
     from vift_plugin.data.collator import ViFTDataCollator
-    from vift_plugin.data.files import RowError
-    from vift_plugin.data.images import ImageError, check_images, load_image
+    from vift_plugin.data.files import ImageError, RowError
+    from vift_plugin.data.images import check_images, load_image
     from vift_plugin.data.instructions import convert_instruction_file, convert_instructions, instructions_to_messages
     from vift_plugin.data.mixing import add_modality_and_length, mix_datasets
     from vift_plugin.data.queries import QueryPool
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "CAPTION_READERS": "vift_plugin.data.captions",
     "ConversionReport": "vift_plugin.data.report",
-    "ImageError": "vift_plugin.data.images",
+    "ImageError": "vift_plugin.data.files",
     "ModalityGroupedBatchSampler": "vift_plugin.data.sampler",
     "ModalityGroupedSampler": "vift_plugin.data.sampler",
     "QueryPool": "vift_plugin.data.queries",

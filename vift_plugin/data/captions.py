@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vift_plugin.data.files import RowError, file_kind, iter_rows, read_json_document
-from vift_plugin.data.images import ImageError, ImageRoot, check_remote, is_url, load_image, threaded_map
+from vift_plugin.data.files import ImageError, RowError, file_kind, iter_rows, read_json_document
+from vift_plugin.data.images import ImageRoot, check_remote, load_image, threaded_map
 from vift_plugin.data.queries import QueryPool
+from vift_plugin.data.remote import is_url
 from vift_plugin.data.report import ConversionReport, convert_stream
 from vift_plugin.data.schema import LLAVA_IMAGE_TOKEN, OutputFormat, caption_messages, check_output_format, record
 

@@ -13,8 +13,6 @@ import logging
 import math
 import os
 import posixpath
-import re
-import urllib.parse
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,35 +21,14 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
+from vift_plugin.data.files import ImageError
+from vift_plugin.data.remote import check_url, is_url
+
 logger = logging.getLogger(__name__)
 
-URL_SCHEMES = ("http", "https")
 REMOTE_IMAGES_OFF = "remote images are off; pass --allow-remote-images (allow_remote_images=True) to fetch them"
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class ImageError(ValueError):
-    """An image that cannot be used: missing, unreadable, escaping its root, empty, or a refused URL."""
-
-
-def is_url(reference: str) -> bool:
-    """Whether ``reference`` is a URL (``scheme://...``, any scheme) rather than a file path."""
-    return bool(_URL.match(reference))
-
-
-def check_url(url: str) -> None:
-    """An :class:`ImageError` unless ``url`` is ``http``/``https`` with a host (``file://``, ``ftp://``
-    and the like would read local files or other services, not pictures)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as error:  # e.g. an unclosed "[" of an IPv6 host
-        raise ImageError(f"image URL {url} is malformed: {error}") from error
-    if parts.scheme.lower() not in URL_SCHEMES:
-        raise ImageError(f"image URL {url}: scheme {parts.scheme!r} is not allowed; only http and https")
-    if not parts.hostname:
-        raise ImageError(f"image URL {url} has no host")
 
 
 def check_remote(url: str, allow_remote_images: bool) -> None:

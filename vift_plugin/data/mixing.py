@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vift_plugin.data.images import ImageError, capped_size, image_size
+from vift_plugin.data.files import ImageError
+from vift_plugin.data.images import capped_size, image_size
 
 MODALITIES = ("image", "text")
 MAX_RESAMPLED_ROWS = 2**31 - 1

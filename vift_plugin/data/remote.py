@@ -22,18 +22,41 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from functools import cache
 from typing import Any
 
-from vift_plugin.data.images import ImageError, check_url
+from vift_plugin.data.files import ImageError
+
+URL_SCHEMES = ("http", "https")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 FETCH_TIMEOUT = 30.0
 FETCH_MAX_BYTES = 50 * 1024 * 1024
 _READ_SIZE = 1 << 16
+
+
+def is_url(reference: str) -> bool:
+    """Whether ``reference`` is a URL (``scheme://...``, any scheme) rather than a file path."""
+    return bool(_URL.match(reference))
+
+
+def check_url(url: str) -> None:
+    """An :class:`ImageError` unless ``url`` is ``http``/``https`` with a host (``file://``, ``ftp://``
+    and the like would read local files or other services, not pictures)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as error:  # e.g. an unclosed "[" of an IPv6 host
+        raise ImageError(f"image URL {url} is malformed: {error}") from error
+    if parts.scheme.lower() not in URL_SCHEMES:
+        raise ImageError(f"image URL {url}: scheme {parts.scheme!r} is not allowed; only http and https")
+    if not parts.hostname:
+        raise ImageError(f"image URL {url} has no host")
 
 
 def refused_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:

@@ -10,20 +10,13 @@ from typing import TYPE_CHECKING
 from vift_plugin._lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from vift_plugin.evaluation.answers import DEFAULT_MARKERS, extract_answer, extract_choice, normalize_answer
     from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items, read_benchmark
     from vift_plugin.evaluation.commands import load_model
     from vift_plugin.evaluation.evaluator import EvalResult, evaluate, summary_markdown, write_results
-    from vift_plugin.evaluation.grid_search import SweepPoint, SweepResult, sweep, write_sweep
+    from vift_plugin.evaluation.fusion_sweep import SweepPoint, SweepResult, sweep, write_sweep
     from vift_plugin.evaluation.runner import build_prompt, generate_answers
-    from vift_plugin.evaluation.scoring import (
-        DEFAULT_MARKERS,
-        Score,
-        extract_answer,
-        extract_choice,
-        normalize_answer,
-        score_prediction,
-        summarize,
-    )
+    from vift_plugin.evaluation.scoring import Score, score_prediction, summarize
 
 _WHERE = {
     "BenchmarkItem": "vift_plugin.evaluation.benchmark",
@@ -36,17 +29,17 @@ _WHERE = {
     "write_results": "vift_plugin.evaluation.evaluator",
     "build_prompt": "vift_plugin.evaluation.runner",
     "generate_answers": "vift_plugin.evaluation.runner",
-    "DEFAULT_MARKERS": "vift_plugin.evaluation.scoring",
+    "DEFAULT_MARKERS": "vift_plugin.evaluation.answers",
     "Score": "vift_plugin.evaluation.scoring",
-    "extract_answer": "vift_plugin.evaluation.scoring",
-    "extract_choice": "vift_plugin.evaluation.scoring",
-    "normalize_answer": "vift_plugin.evaluation.scoring",
+    "extract_answer": "vift_plugin.evaluation.answers",
+    "extract_choice": "vift_plugin.evaluation.answers",
+    "normalize_answer": "vift_plugin.evaluation.answers",
     "score_prediction": "vift_plugin.evaluation.scoring",
     "summarize": "vift_plugin.evaluation.scoring",
-    "SweepPoint": "vift_plugin.evaluation.grid_search",
-    "SweepResult": "vift_plugin.evaluation.grid_search",
-    "sweep": "vift_plugin.evaluation.grid_search",
-    "write_sweep": "vift_plugin.evaluation.grid_search",
+    "SweepPoint": "vift_plugin.evaluation.fusion_sweep",
+    "SweepResult": "vift_plugin.evaluation.fusion_sweep",
+    "sweep": "vift_plugin.evaluation.fusion_sweep",
+    "write_sweep": "vift_plugin.evaluation.fusion_sweep",
 }
 
 __all__ = [

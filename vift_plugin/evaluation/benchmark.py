@@ -8,18 +8,17 @@ missing or do not decode are all listed in one error, before any model runs.
 from __future__ import annotations
 
 import os
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vift_plugin.data.files import RowError, iter_rows
-from vift_plugin.data.images import ImageError, check_remote, is_url, load_image, threaded_map
+from vift_plugin.data.files import ImageError, RowError, iter_rows
+from vift_plugin.data.images import check_remote, load_image, threaded_map
+from vift_plugin.data.remote import is_url
+from vift_plugin.evaluation.answers import LETTERS, Answer, gold_choice
 
-LETTERS = string.ascii_uppercase
 KNOWN_FIELDS = ("id", "image", "question", "choices", "answer")
-Answer = str | int | float | list[str]
 
 
 @dataclass
@@ -78,8 +77,6 @@ def _item(row: Mapping[str, Any], location: str, index: int) -> BenchmarkItem:
     if isinstance(answer, str) and not answer.strip():
         raise RowError(location, "'answer' is empty")
     if choices:
-        from vift_plugin.evaluation.scoring import gold_choice
-
         if gold_choice(answer, choices) is None:
             raise RowError(
                 location, f"'answer' {answer!r} is none of the choices (a letter, a 0-based index or a text)"

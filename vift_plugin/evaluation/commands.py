@@ -26,7 +26,7 @@ def load_model(path: str, *, dtype: str = "auto", device: str | None = None) -> 
     """
     import torch
 
-    from vift_plugin.evaluation.runner import default_device
+    from vift_plugin.generation import default_device
 
     torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
     if os.path.isdir(path) and is_vift_run(path):
@@ -68,7 +68,7 @@ def fusion_from_args(args: argparse.Namespace, model: Any) -> Any:
 
 
 def _markers(args: argparse.Namespace) -> Any:
-    from vift_plugin.evaluation.scoring import DEFAULT_MARKERS
+    from vift_plugin.evaluation.answers import DEFAULT_MARKERS
 
     if args.no_answer_marker:
         return ()
@@ -139,7 +139,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from vift_plugin.evaluation.grid_search import DEFAULT_BETAS, sweep
+    from vift_plugin.evaluation.fusion_sweep import DEFAULT_BETAS, sweep
 
     output = args.output_dir or _default_output("sweep", args.model, args.data)
     check_output_dir(output)

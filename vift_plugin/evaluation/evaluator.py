@@ -12,9 +12,11 @@ from typing import Any
 from vift_plugin.cascade import DEFAULT_DESCRIBE_REQUEST
 from vift_plugin.config import FusionConfig
 from vift_plugin.data.files import atomic_output
+from vift_plugin.evaluation.answers import DEFAULT_MARKERS, marker_list
 from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items
-from vift_plugin.evaluation.runner import PromptBuilder, active_fusion, cascade_answers, generate_answers
-from vift_plugin.evaluation.scoring import DEFAULT_MARKERS, Score, marker_list, score_all, summarize
+from vift_plugin.evaluation.runner import PromptBuilder, cascade_answers, generate_answers
+from vift_plugin.evaluation.scoring import Score, score_all, summarize
+from vift_plugin.generation import active_fusion
 
 MODES = ("plain", "fused", "cascade")
 PREDICTIONS_NAME = "predictions.jsonl"

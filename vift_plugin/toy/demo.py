@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vift_plugin.evaluation.scoring import normalize_answer
+from vift_plugin.evaluation.answers import normalize_answer
 from vift_plugin.toy.data import CAPTION_REQUEST, RECIPES, WorldSizes, write_world
 from vift_plugin.toy.perception import Perception, caption_test_pictures, measure_perception, perception_table
 from vift_plugin.toy.report import (

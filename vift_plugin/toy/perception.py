@@ -45,7 +45,7 @@ def caption_losses(
     import torch
 
     from vift_plugin.data.collator import ViFTDataCollator
-    from vift_plugin.evaluation.runner import to_model
+    from vift_plugin.generation import to_model
 
     if len(records) < 2:
         raise ValueError("image reliance needs at least two caption records")

@@ -19,15 +19,12 @@ from typing import Any
 
 from vift_plugin.config import FusionConfig
 from vift_plugin.data.files import atomic_output
+from vift_plugin.evaluation.answers import DEFAULT_MARKERS, marker_list
 from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items
 from vift_plugin.evaluation.evaluator import write_text
-from vift_plugin.evaluation.runner import (
-    PromptBuilder,
-    encoded_batches,
-    generate_batch,
-    progress_bar,
-)
-from vift_plugin.evaluation.scoring import DEFAULT_MARKERS, marker_list, score_all, summarize
+from vift_plugin.evaluation.runner import PromptBuilder, encoded_batches
+from vift_plugin.evaluation.scoring import score_all, summarize
+from vift_plugin.generation import generate_batch, progress_bar
 
 logger = logging.getLogger(__name__)
 
