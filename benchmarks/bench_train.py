@@ -2,7 +2,7 @@
 
 Qwen2-VL-architecture models with the real shapes of Qwen2-VL-2B/7B and random weights (saved to a
 temporary folder, then loaded exactly as a user's checkpoint: ``load_model_and_processor``, so QLoRA
-quantises through bitsandbytes on load). Batch 1 of one caption sample of ``--tokens`` tokens (a
+quantizes through bitsandbytes on load). Batch 1 of one caption sample of ``--tokens`` tokens (a
 448x448 image = 256 image tokens, the rest caption text), gradient checkpointing, bf16 on a GPU.
 Prints seconds per optimizer step (median after a warm-up step) and peak memory.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def training_arguments(args: argparse.Namespace, image_root: str | None) -> ViFT
         group_by_modality=True,  # ModalityGroupedSampler: every optimizer step is all captions or all text
         max_pixels=args.max_pixels,
         image_root=image_root,
-        fusion_beta=args.fusion_beta,
+        fusion_config=json.dumps({"beta": args.fusion_beta}),
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
         gradient_checkpointing=args.gradient_checkpointing,
@@ -147,7 +148,7 @@ def train(args: argparse.Namespace, image_root: str | None) -> ViFTTrainer:
         dtype="bfloat16" if training_args.bf16 else "float32",
     )
     set_seed(args.seed)  # the LoRA initialisation
-    model, processor = load_model_and_processor(model_args, training_args)  # quantise, freeze, add LoRA
+    model, processor = load_model_and_processor(model_args, training_args)  # quantize, freeze, add LoRA
     print(f"trainable parameters: {describe_trainable(model)}")
     data = mix_datasets(  # + modality and token-length columns, for the modality-grouped sampler
         load_records(args.captions),

@@ -280,7 +280,7 @@ def fused_generate_step(ctx: Context) -> dict[str, Any]:
 
     from vift_plugin import disable_vift, enable_vift, load_processor
     from vift_plugin.testing import make_tiny_checkpoint
-    from vift_plugin.training.model import unquantised_modules
+    from vift_plugin.training.model import unquantized_modules
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -310,7 +310,7 @@ def fused_generate_step(ctx: Context) -> dict[str, Any]:
                     load_in_4bit=True,
                     bnb_4bit_quant_type="nf4",
                     bnb_4bit_compute_dtype=dtype,
-                    llm_int8_skip_modules=unquantised_modules(family),
+                    llm_int8_skip_modules=unquantized_modules(family),
                 ),
             ),
         }
@@ -323,7 +323,7 @@ def fused_generate_step(ctx: Context) -> dict[str, Any]:
                 if "pixel_values" in inputs:
                     inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
                 case["devices"] = sorted({str(p.device) for p in model.parameters()})
-                case["quantised_linears"] = sum(1 for m in model.modules() if type(m).__name__ == "Linear4bit")
+                case["quantized_linears"] = sum(1 for m in model.modules() if type(m).__name__ == "Linear4bit")
                 with torch.inference_mode():
                     plain = model.generate(**inputs, **greedy)
                     for mode in ("live", "official"):
@@ -339,7 +339,7 @@ def fused_generate_step(ctx: Context) -> dict[str, Any]:
                 case["ok"] = bool(
                     case["live_tokens_equal"] and case["official_tokens_equal"] and case["beta_0.3_changes_logits"]
                 )
-                if loading == "4bit" and not case["quantised_linears"]:
+                if loading == "4bit" and not case["quantized_linears"]:
                     case["ok"] = False
                     case["error"] = "no Linear4bit layer after loading with load_in_4bit"
                 del model
@@ -506,7 +506,7 @@ def markdown(summary: dict[str, Any]) -> str:
                     case["family"],
                     case["loading"],
                     ", ".join(case.get("devices", [])),
-                    case.get("quantised_linears", "-"),
+                    case.get("quantized_linears", "-"),
                     case.get("live_tokens_equal", "-"),
                     case.get("official_tokens_equal", "-"),
                     case.get("beta_0.3_changes_logits", case.get("error", "-")),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install vift_plugin and everything it needs into the current Python environment.
-#   bash scripts/install.sh          # the library, training, quantisation and plotting extras
+#   bash scripts/install.sh          # the library, training, quantization and plotting extras
 #   bash scripts/install.sh dev      # the same plus the test and lint tools
 # PyTorch comes first: on a machine without an NVIDIA GPU the CPU build (torch==2.13.0), never the
 # multi-GB CUDA wheels; with a GPU the default build. Set TORCH_SPEC to choose another.

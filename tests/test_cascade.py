@@ -145,7 +145,7 @@ def test_counts_must_match() -> None:
 
 def test_eval_keeps_the_descriptions(checkpoint_dir: Any, tmp_path: Path) -> None:
     from vift_plugin.evaluation import read_benchmark
-    from vift_plugin.evaluation.commands import load_model
+    from vift_plugin.loading import load_model
 
     path = str(checkpoint_dir("qwen2_vl"))
     data = write_jsonl(tmp_path / "bench.jsonl", colour_rows(tmp_path)[:4])

@@ -69,17 +69,17 @@ def test_bf16_alpha_one_beta_zero_equals_plain_generate(checkpoint_dir: Any, fam
 
 @pytest.mark.parametrize("mode", ["live", "official"])
 def test_4bit_model_dispatched_with_device_map_auto_fuses_exactly(checkpoint_dir: Any, mode: str) -> None:
-    from vift_plugin.training.model import unquantised_modules
+    from vift_plugin.training.model import unquantized_modules
 
     path = checkpoint_dir("qwen2_vl")
-    quantisation = BitsAndBytesConfig(
+    quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=unquantised_modules("qwen2_vl"),
+        llm_int8_skip_modules=unquantized_modules("qwen2_vl"),
     )
     model = AutoModelForImageTextToText.from_pretrained(
-        path, device_map="auto", dtype=torch.bfloat16, quantization_config=quantisation
+        path, device_map="auto", dtype=torch.bfloat16, quantization_config=quantization
     ).eval()
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
     processor = load_processor(path)

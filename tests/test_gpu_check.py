@@ -62,7 +62,7 @@ def test_dry_run_passes_every_step_and_records_its_figures(dry_run: tuple[Path, 
     for case in fused["cases"]:
         assert case["live_tokens_equal"] and case["official_tokens_equal"] and case["beta_0.3_changes_logits"]
         assert case["new_tokens"] == 8
-    assert next(c for c in fused["cases"] if c["loading"] == "4bit")["quantised_linears"] > 0
+    assert next(c for c in fused["cases"] if c["loading"] == "4bit")["quantized_linears"] > 0
     fusion = steps["bench_fusion"]["figures"]
     assert fusion["size"] == "small" and fusion["median_ms"]["plain"] > 0
     assert set(fusion["ratio"]) == {"live", "official"} and all(r > 0 for r in fusion["ratio"].values())

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from vift_plugin.config import FusionConfig
     from vift_plugin.fusion import FusionGenerationMixin, disable_vift, enable_vift, fusion_config, vift_fusion
     from vift_plugin.layers import find_decoder_layers
+    from vift_plugin.loading import load_vift
     from vift_plugin.processors import load_processor
 
 _WHERE = {
@@ -27,6 +28,7 @@ _WHERE = {
     "find_decoder_layers": "vift_plugin.layers",
     "fusion_config": "vift_plugin.fusion",
     "load_processor": "vift_plugin.processors",
+    "load_vift": "vift_plugin.loading",
     "vift_fusion": "vift_plugin.fusion",
 }
 
@@ -41,6 +43,7 @@ __all__ = [
     "find_decoder_layers",
     "fusion_config",
     "load_processor",
+    "load_vift",
     "vift_fusion",
 ]
 

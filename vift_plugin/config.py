@@ -136,3 +136,20 @@ class FusionConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)
+
+    @classmethod
+    def parse(cls, value: str | os.PathLike[str] | dict[str, Any]) -> FusionConfig:
+        """From a dict, inline JSON (``'{"beta": 0.15}'``), a JSON file, or a folder holding
+        ``vift_fusion_config.json``: what ``--fusion-config`` and ``fusion_config`` accept."""
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        text = os.fspath(value)
+        if text.lstrip().startswith("{"):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"fusion config {text!r} is not valid JSON: {error}") from error
+            if not isinstance(data, dict):
+                raise ValueError(f"fusion config {text!r} must be a JSON object")
+            return cls.from_dict(data)
+        return cls.from_pretrained(text)

@@ -15,8 +15,8 @@ from vift_plugin import FusionConfig, fusion_config
 from vift_plugin.cli import main
 from vift_plugin.evaluation import evaluate, read_benchmark
 from vift_plugin.evaluation.answers import normalize_answer
-from vift_plugin.evaluation.commands import load_model
 from vift_plugin.evaluation.scoring import summary_from_rows
+from vift_plugin.loading import load_model
 
 NEW_TOKENS = "6"
 QUIET = ["--max-new-tokens", NEW_TOKENS, "--no-progress", "--batch-size", "3"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,9 @@ def test_training_and_data_arguments_refuse_nan_and_inf(tmp_path: Path, value: f
     from vift_plugin.training.arguments import DataArguments, ViFTTrainingArguments
 
     common: dict[str, Any] = dict(output_dir=str(tmp_path), report_to="none")
-    for name in ("fusion_alpha", "fusion_beta"):
-        with pytest.raises(ValueError, match="finite"):
-            ViFTTrainingArguments(**common, **{name: value})
+    for name in ("alpha", "beta"):
+        with pytest.raises(ValueError, match="fusion_config: .*finite"):
+            ViFTTrainingArguments(**common, fusion_config=json.dumps({name: value}))
     for name in ("vision_lr", "connector_lr", "language_lr"):
         with pytest.raises(ValueError, match=f"{name} must be a finite number"):
             ViFTTrainingArguments(**common, **{name: value})

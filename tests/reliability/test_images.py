@@ -274,20 +274,20 @@ def benchmark_file(folder: Path, images: list[str]) -> Path:
 def test_vift_eval_names_a_truncated_image_row_before_loading_the_model(
     checkpoint_dir: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vift_plugin.evaluation.commands as commands
+    import vift_plugin.loading as loading
 
     write_good(tmp_path / "a.png")
     write_truncated(tmp_path / "cut.jpg")
     write_truncated(tmp_path / "cut.png", "PNG")
     bench = benchmark_file(tmp_path, ["a.png", "a.png", "cut.jpg", "missing.png", "cut.png"])
     loads = Counter[str]()
-    load_model = commands.load_model
+    load_model = loading.load_model
 
     def counting_load(*args: Any, **kwargs: Any) -> Any:
         loads["model"] += 1
         return load_model(*args, **kwargs)
 
-    monkeypatch.setattr(commands, "load_model", counting_load)
+    monkeypatch.setattr(loading, "load_model", counting_load)
     out = tmp_path / "results"
     argv = ["eval", str(checkpoint_dir("qwen2_vl")), "--data", str(bench), "--output-dir", str(out)]
     assert main([*argv, "--inference", "plain", "--max-new-tokens", "2", "--no-progress"]) == 2

@@ -102,7 +102,7 @@ def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_the_model_loads
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr("vift_plugin.evaluation.commands.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("vift_plugin.loading.load_model", lambda *a, **k: pytest.fail("model loaded"))
     bench = write_jsonl(tmp_path / "bench.jsonl", colour_rows(tmp_path))
     blocker = tmp_path / "results.txt"
     blocker.write_text("keep me")

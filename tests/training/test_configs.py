@@ -122,7 +122,7 @@ def test_paper_full_config(tmp_path: Path) -> None:
     assert not args2.use_lora and model2.load_in_bits is None
     assert args2.frozen_roles() == []  # full fine-tuning
     assert not args1.use_lora and args1.frozen_roles() == ["vision", "language"]
-    assert args2.fusion_alpha == 1.0 and args2.fusion_beta == pytest.approx(0.1)
+    assert args2.fusion().alpha == 1.0 and args2.fusion().beta == pytest.approx(0.1)
     # stage 1 ~1M captions, stage 2 ~1.7M captions + 200K texts: separate caption files
     assert data1.caption_files != data2.caption_files and data2.text_files
 

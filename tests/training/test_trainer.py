@@ -23,6 +23,7 @@ from vift_plugin.config import FUSION_CONFIG_NAME
 from vift_plugin.data.collator import ViFTDataCollator
 from vift_plugin.fusion import fusion_config
 from vift_plugin.layers import find_decoder_layers, unwrap_model
+from vift_plugin.loading import TRAINABLE_WEIGHTS_NAME
 from vift_plugin.training import (
     DataArguments,
     ModelArguments,
@@ -33,7 +34,6 @@ from vift_plugin.training import (
     parameter_role,
     prepare_model,
 )
-from vift_plugin.training.model import TRAINABLE_WEIGHTS_NAME
 from vift_plugin.training.run import build_dataset, load_config, parse_stage, plan_stages
 
 BASE_ARGS: dict[str, Any] = dict(
@@ -438,7 +438,12 @@ def test_bad_lora_settings_raise(checkpoint_dir: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
 def test_save_reload_and_fused_generate(family: str, checkpoint_dir: Any, toy: ToyData, tmp_path: Path) -> None:
     args = make_args(
-        tmp_path / "run", toy, freeze_vision=True, use_lora=True, max_steps=4, fusion_alpha=1.0, fusion_beta=0.15
+        tmp_path / "run",
+        toy,
+        freeze_vision=True,
+        use_lora=True,
+        max_steps=4,
+        fusion_config='{"alpha": 1.0, "beta": 0.15}',
     )
     trainer = make_trainer(checkpoint_dir(family), toy, args)
     trainer.train()
@@ -689,7 +694,7 @@ def test_modality_losses_average_over_their_steps(checkpoint_dir: Any, toy: ToyD
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_qlora_quantises_only_the_language_model(bits: int, checkpoint_dir: Any, toy: ToyData, tmp_path: Path) -> None:
+def test_qlora_quantizes_only_the_language_model(bits: int, checkpoint_dir: Any, toy: ToyData, tmp_path: Path) -> None:
     import bitsandbytes as bnb
 
     args = make_args(tmp_path, toy, freeze_vision=True, use_lora=True, gradient_checkpointing=True, max_steps=3)
@@ -698,16 +703,16 @@ def test_qlora_quantises_only_the_language_model(bits: int, checkpoint_dir: Any,
     model = trainer.model
     assert model is not None
     kind = model_type(model)
-    quantised = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
-    decoder = decoder_linears(fresh_model(checkpoint_dir("qwen2_vl")))  # names in the unquantised model
+    quantized = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
+    decoder = decoder_linears(fresh_model(checkpoint_dir("qwen2_vl")))  # names in the unquantized model
     assert decoder
     for name in decoder:
         module = unwrap_model(model).get_submodule(name)
-        assert isinstance(module.base_layer, quantised), name
+        assert isinstance(module.base_layer, quantized), name
         assert not module.base_layer.weight.is_floating_point()
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and parameter_role(name, kind) != "language":
-            assert not isinstance(module, quantised), name
+            assert not isinstance(module, quantized), name
     for name, parameter in model.named_parameters():
         if parameter_role(name, kind) in ("vision", "connector") or name.endswith("lm_head.weight"):
             assert parameter.is_floating_point(), name
@@ -723,15 +728,15 @@ def test_qlora_quantises_only_the_language_model(bits: int, checkpoint_dir: Any,
         if role == "connector":
             assert did, name
         elif "lora_" not in name:
-            assert not did, name  # vision frozen, quantised base weights untouched
+            assert not did, name  # vision frozen, quantized base weights untouched
 
 
 @pytest.mark.parametrize(
     ("lora", "message"),
-    [(dict(), "trains through LoRA adapters"), (dict(use_lora=True, lora_target="vision"), "is quantised and cannot")],
+    [(dict(), "trains through LoRA adapters"), (dict(use_lora=True, lora_target="vision"), "is quantized and cannot")],
     ids=["no-lora", "lora-on-vision"],
 )
-def test_quantised_language_model_cannot_train_in_full(
+def test_quantized_language_model_cannot_train_in_full(
     lora: dict[str, Any], message: str, checkpoint_dir: Any, tmp_path: Path
 ) -> None:
     ckpt = checkpoint_dir("qwen2_vl")

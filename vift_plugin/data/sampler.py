@@ -26,6 +26,15 @@ logger = logging.getLogger(__name__)
 Remainder = Literal["drop", "fill"]
 
 
+def check_remainder(value: str) -> Remainder:
+    """``value`` as a :data:`Remainder`, or a ValueError naming the two choices."""
+    if value == "drop":
+        return "drop"
+    if value == "fill":
+        return "fill"
+    raise ValueError(f"remainder must be 'drop' or 'fill', got {value!r}.")
+
+
 class ModalityGroupedSampler(Sampler[int]):
     """Global index stream of single-modality optimizer steps, length-grouped within a modality.
 
@@ -67,8 +76,7 @@ class ModalityGroupedSampler(Sampler[int]):
         ):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if remainder not in ("drop", "fill"):
-            raise ValueError(f"remainder must be 'drop' or 'fill', got {remainder!r}.")
+        check_remainder(remainder)
         if length_window is not None and length_window < 1:
             raise ValueError(f"length_window must be a positive number of steps or None, got {length_window!r}.")
         if lengths is not None:

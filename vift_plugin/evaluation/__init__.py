@@ -12,17 +12,17 @@ from vift_plugin._lazy import lazy_attributes
 if TYPE_CHECKING:
     from vift_plugin.evaluation.answers import DEFAULT_MARKERS, extract_answer, extract_choice, normalize_answer
     from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items, read_benchmark
-    from vift_plugin.evaluation.commands import load_model
     from vift_plugin.evaluation.evaluator import EvalResult, evaluate, summary_markdown, write_results
     from vift_plugin.evaluation.fusion_sweep import SweepPoint, SweepResult, sweep, write_sweep
     from vift_plugin.evaluation.runner import build_prompt, generate_answers
     from vift_plugin.evaluation.scoring import Score, score_prediction, summarize
+    from vift_plugin.loading import load_model
 
 _WHERE = {
     "BenchmarkItem": "vift_plugin.evaluation.benchmark",
     "as_items": "vift_plugin.evaluation.benchmark",
     "read_benchmark": "vift_plugin.evaluation.benchmark",
-    "load_model": "vift_plugin.evaluation.commands",
+    "load_model": "vift_plugin.loading",
     "EvalResult": "vift_plugin.evaluation.evaluator",
     "evaluate": "vift_plugin.evaluation.evaluator",
     "summary_markdown": "vift_plugin.evaluation.evaluator",

@@ -3,56 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
-
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-FUSION_CONFIG_NAME = "vift_fusion_config.json"
-
-
-def is_vift_run(path: str | os.PathLike[str]) -> bool:
-    """A saved ViFT run (a LoRA adapter and/or a saved fusion config) rather than a plain checkpoint."""
-    return Path(path, ADAPTER_CONFIG_NAME).is_file() or Path(path, FUSION_CONFIG_NAME).is_file()
-
-
-def load_model(path: str, *, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any]:
-    """``(model, processor)`` for evaluation, on ``device`` (default: CUDA when available).
-
-    A saved ViFT run goes through :func:`~vift_plugin.training.load_vift` (adapter merged, fusion
-    enabled from its saved config); anything else is a plain checkpoint without fusion enabled.
-    """
-    import torch
-
-    from vift_plugin.generation import default_device
-
-    torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
-    if os.path.isdir(path) and is_vift_run(path):
-        from vift_plugin.training.model import load_vift
-
-        model, processor = load_vift(path, dtype=torch_dtype)
-    else:
-        from transformers import AutoModelForImageTextToText
-
-        from vift_plugin.processors import load_processor
-
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
-        processor = load_processor(path)
-    model.to(device or default_device())
-    model.eval()
-    return model, processor
-
-
-def parse_fusion_config(value: str) -> Any:
-    """A ``FusionConfig`` from a JSON file, a folder holding ``vift_fusion_config.json``, or inline JSON."""
-    from vift_plugin.config import FusionConfig
-
-    if value.lstrip().startswith("{"):
-        data = json.loads(value)
-        return FusionConfig.from_dict(data)
-    return FusionConfig.from_pretrained(value)
 
 
 def fusion_from_args(args: argparse.Namespace, model: Any) -> Any:
@@ -60,7 +14,7 @@ def fusion_from_args(args: argparse.Namespace, model: Any) -> Any:
     from vift_plugin.config import FusionConfig
     from vift_plugin.fusion import fusion_config
 
-    config = parse_fusion_config(args.fusion_config) if args.fusion_config else None
+    config = FusionConfig.parse(args.fusion_config) if args.fusion_config else None
     changes = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
     if changes:
         config = (config or fusion_config(model) or FusionConfig()).replace(**changes)
@@ -113,6 +67,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     output = args.output_dir or _default_output("eval", args.model, args.data)
     check_output_dir(output)
+    from vift_plugin.loading import load_model
+
     items = _read_items(args)
     model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
     result = evaluate(
@@ -139,13 +95,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from vift_plugin.config import FusionConfig
     from vift_plugin.evaluation.fusion_sweep import DEFAULT_BETAS, sweep
 
     output = args.output_dir or _default_output("sweep", args.model, args.data)
     check_output_dir(output)
+    from vift_plugin.loading import load_model
+
     items = _read_items(args)
     model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
-    base = parse_fusion_config(args.fusion_config) if args.fusion_config else None
+    base = FusionConfig.parse(args.fusion_config) if args.fusion_config else None
     result = sweep(
         model,
         processor,

@@ -145,6 +145,7 @@ class DemoConfig:
 def _training_arguments(config: DemoConfig, plan: StagePlan, world: Path, output: Path) -> Any:
     import torch
 
+    from vift_plugin.config import FusionConfig
     from vift_plugin.training.arguments import ViFTTrainingArguments
 
     return ViFTTrainingArguments(
@@ -167,8 +168,7 @@ def _training_arguments(config: DemoConfig, plan: StagePlan, world: Path, output
         vision_lr=plan.role_learning_rates.get("vision"),
         connector_lr=plan.role_learning_rates.get("connector"),
         language_lr=plan.role_learning_rates.get("language"),
-        fusion_alpha=config.alpha,
-        fusion_beta=config.beta,
+        fusion_config=FusionConfig(alpha=config.alpha, beta=config.beta).to_json_string(),
     )
 
 

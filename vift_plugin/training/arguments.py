@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from vift_plugin.config import FusionConfig
+from vift_plugin.data.sampler import Remainder, check_remainder
 
 LORA_LAYER_CHOICES = "'all', 'intermediate' (the middle half of the decoder layers) or 'START-END' (0-based, inclusive)"
 
@@ -18,7 +19,7 @@ class ModelArguments:
 
     model_name_or_path: str = field(metadata={"help": "Checkpoint path or hub id (a LoRA output continues from it)."})
     load_in_bits: int | None = field(
-        default=None, metadata={"help": "4 or 8: quantise the language model with bitsandbytes (QLoRA)."}
+        default=None, metadata={"help": "4 or 8: quantize the language model with bitsandbytes (QLoRA)."}
     )
     dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa or flash_attention_2."})
@@ -67,7 +68,31 @@ class DataArguments:
 
 @dataclass
 class ViFTTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` plus ViFT's sampling, per-role learning rates and freezing, LoRA and fusion."""
+    """``TrainingArguments`` plus what ViFT adds. Every field is also a ``vift train`` option.
+
+    Parameters that control the learning rates and what trains:
+        vision_lr, connector_lr, language_lr: each role's rate (paper: 1e-5, 2e-6, 1e-5); unset means
+            ``learning_rate``.
+        freeze_vision, freeze_connector, freeze_language: keep a role's weights fixed.
+
+    Parameters that control the batches:
+        group_by_modality: every optimizer step all-image or all-text (:class:`ModalityGroupedSampler`).
+        modality_column: the dataset column holding ``"image"``/``"text"``.
+        remainder: leftovers that do not fill a step, ``"drop"`` (counted, warned) or ``"fill"``.
+        length_window: steps per length-sorting window; ``None`` sorts a whole modality.
+
+    Parameters that control LoRA:
+        use_lora, lora_r, lora_alpha, lora_dropout: the adapters.
+        lora_target: the roles whose linear layers get adapters (``["language"]``).
+        lora_layers: which language layers: ``"all"``, ``"intermediate"`` or ``"START-END"``.
+
+    Parameters that control the images:
+        image_root, max_pixels, allow_remote_images: as in the collator and ``vift convert``.
+
+    Parameters that control inference after training:
+        fusion_config: the :class:`~vift_plugin.FusionConfig` saved with the run (a JSON file, a folder
+            holding ``vift_fusion_config.json``, or inline JSON); default ``FusionConfig()``.
+    """
 
     vision_lr: float | None = field(
         default=None, metadata={"help": "Learning rate of the vision encoder (paper 1e-5); default learning_rate."}
@@ -85,7 +110,7 @@ class ViFTTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Single-modality optimizer steps (ModalityGroupedSampler)."}
     )
     modality_column: str = field(default="modality", metadata={"help": "Dataset column with 'image'/'text'."})
-    remainder: str = field(
+    remainder: Remainder = field(
         default="drop", metadata={"help": "Leftovers that do not fill a step: 'drop' (counted) or 'fill'."}
     )
     length_window: int | None = field(
@@ -95,9 +120,9 @@ class ViFTTrainingArguments(TrainingArguments):
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target: str = field(
-        default="language",
-        metadata={"help": "Roles whose linear layers get LoRA: 'language', 'language,vision', 'vision'."},
+    lora_target: list[str] = field(
+        default_factory=lambda: ["language"],
+        metadata={"help": "Roles whose linear layers get LoRA: language, vision, connector (one or more)."},
     )
     lora_layers: str = field(default="all", metadata={"help": f"Language layers adapted: {LORA_LAYER_CHOICES}."})
     max_pixels: int | None = field(
@@ -108,8 +133,13 @@ class ViFTTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Fetch http(s) image references (public hosts only, with a timeout and a size cap)."},
     )
-    fusion_alpha: float = field(default=1.0, metadata={"help": "Saved FusionConfig alpha (weight of h(v, q))."})
-    fusion_beta: float = field(default=0.1, metadata={"help": "Saved FusionConfig beta (weight of h(q))."})
+    fusion_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "FusionConfig saved with the run: a JSON file, a folder holding vift_fusion_config.json, "
+            "or inline JSON such as '{\"beta\": 0.15}'; default alpha 1.0, beta 0.1."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the record columns: the collator needs messages and images."}
     )
@@ -120,8 +150,10 @@ class ViFTTrainingArguments(TrainingArguments):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         super().__post_init__()
-        if self.remainder not in ("drop", "fill"):
-            raise ValueError(f"remainder must be 'drop' or 'fill', got {self.remainder!r}.")
+        self.remainder = check_remainder(self.remainder)
+        if isinstance(self.lora_target, str):
+            self.lora_target = [self.lora_target]
+        self.lora_target = [role.strip() for entry in self.lora_target for role in entry.split(",") if role.strip()]
         unknown = set(self.lora_roles) - {"vision", "connector", "language"}
         if unknown:
             raise ValueError(f"lora_target names unknown roles {sorted(unknown)}; use language, vision, connector.")
@@ -131,14 +163,23 @@ class ViFTTrainingArguments(TrainingArguments):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
         if not (math.isfinite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        FusionConfig(alpha=self.fusion_alpha, beta=self.fusion_beta)
+        self.fusion()
         parse_layer_range(self.lora_layers, 8)
         if self.freeze_vision and self.freeze_connector and self.freeze_language and not self.use_lora:
             raise ValueError("Every role is frozen and LoRA is off: nothing would train.")
 
     @property
     def lora_roles(self) -> list[str]:
-        return [role.strip() for role in self.lora_target.split(",") if role.strip()]
+        return list(self.lora_target)
+
+    def fusion(self) -> FusionConfig:
+        """The :class:`FusionConfig` named by ``fusion_config`` (``FusionConfig()`` when unset)."""
+        if self.fusion_config is None:
+            return FusionConfig()
+        try:
+            return FusionConfig.parse(self.fusion_config)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"fusion_config: {error}") from error
 
     def role_learning_rates(self) -> dict[str, float]:
         return {

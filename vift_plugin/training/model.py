@@ -1,24 +1,18 @@
-"""Loading a model for ViFT training: quantisation, role freezing, LoRA, and reloading a saved run.
-
-A saved run is a folder with either full weights or a LoRA adapter (``adapter_config.json``), plus
-``vift_trainable_weights.safetensors`` (the non-LoRA parameters that trained, e.g. the connector),
-the processor and ``vift_fusion_config.json``. :func:`load_vift` turns it back into a model ready
-for fused generation.
-"""
+"""Loading a model for ViFT training: quantization, role freezing and LoRA. A saved run to start
+from is read through :mod:`vift_plugin.loading`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from vift_plugin.layers import find_decoder_layers
+from vift_plugin.loading import adapter_base, continue_from_run
 from vift_plugin.training.arguments import ModelArguments, ViFTTrainingArguments, parse_layer_range
 from vift_plugin.training.roles import (
     GENERIC_PATTERNS,
@@ -30,29 +24,17 @@ from vift_plugin.training.roles import (
 
 logger = logging.getLogger(__name__)
 
-TRAINABLE_WEIGHTS_NAME = "vift_trainable_weights.safetensors"
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-
 
 def _dtype(name: str) -> Any:
     return "auto" if name == "auto" else getattr(torch, name)
 
 
-def unquantised_modules(model_type: str) -> list[str]:
+def unquantized_modules(model_type: str) -> list[str]:
     """Patterns (transformers' ``llm_int8_skip_modules`` syntax) for the vision encoder, the connector
-    and the output head: QLoRA quantises only the language model, whose weights are the bulk."""
+    and the output head: QLoRA quantizes only the language model, whose weights are the bulk."""
     patterns = MODEL_TYPE_PATTERNS.get(model_type, GENERIC_PATTERNS)
     names = {*patterns["vision"], *patterns["connector"], "lm_head"}
     return sorted(rf"(?:.*\.)?{re.escape(name)}" for name in names)
-
-
-def adapter_base(path: str | os.PathLike[str]) -> str | None:
-    """The base checkpoint a saved LoRA run was trained on, or ``None`` when ``path`` holds full weights."""
-    adapter = Path(path, ADAPTER_CONFIG_NAME)
-    if not adapter.is_file():
-        return None
-    base: str = json.loads(adapter.read_text())["base_model_name_or_path"]
-    return base
 
 
 def _config_model_type(path: str, model_args: ModelArguments) -> str:
@@ -93,12 +75,12 @@ def load_training_model(model_args: ModelArguments, args: ViFTTrainingArguments)
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
-            llm_int8_skip_modules=unquantised_modules(_config_model_type(path, model_args)),
+            llm_int8_skip_modules=unquantized_modules(_config_model_type(path, model_args)),
         )
     base = adapter_base(path)
     if base is not None:
         model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
-        model = _continue_from_run(model, path, merge=not model_args.load_in_bits)
+        model = continue_from_run(model, path, merge=not model_args.load_in_bits)
     else:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     return prepare_model(model, args, quantized=bool(model_args.load_in_bits))
@@ -107,17 +89,6 @@ def load_training_model(model_args: ModelArguments, args: ViFTTrainingArguments)
 def load_model_and_processor(model_args: ModelArguments, args: ViFTTrainingArguments) -> tuple[Any, Any]:
     """``(load_training_model(...), load_training_processor(...))``."""
     return load_training_model(model_args, args), load_training_processor(model_args, args)
-
-
-def _continue_from_run(model: Any, path: str, merge: bool) -> Any:
-    """A base model with a saved run's adapter and trainable weights: merged in, or kept as the adapter."""
-    from peft import PeftModel
-
-    peft_model = PeftModel.from_pretrained(model, path, is_trainable=not merge)
-    load_trainable_weights(peft_model, path)
-    if merge:
-        return peft_model.merge_and_unload()
-    return peft_model
 
 
 def apply_max_pixels(processor: Any, max_pixels: int | None) -> None:
@@ -162,8 +133,8 @@ def prepare_model(model: Any, args: ViFTTrainingArguments, quantized: bool = Fal
 
         if not args.use_lora:
             raise ValueError(
-                "A quantised model (load_in_bits) trains through LoRA adapters: set use_lora, or load the model "
-                "unquantised (e.g. for a connector-only stage 1)."
+                "A quantized model (load_in_bits) trains through LoRA adapters: set use_lora, or load the model "
+                "unquantized (e.g. for a connector-only stage 1)."
             )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     frozen = set(args.frozen_roles()) | (set(args.lora_roles) if args.use_lora else set())
@@ -190,79 +161,12 @@ def prepare_model(model: Any, args: ViFTTrainingArguments, quantized: bool = Fal
         stuck = set_trainable(model, frozen)
     if stuck:
         raise ValueError(
-            f"{stuck[0]} (and {len(stuck) - 1} more) is quantised and cannot train in full; "
+            f"{stuck[0]} (and {len(stuck) - 1} more) is quantized and cannot train in full; "
             "freeze its role or put LoRA on it (lora_target)."
         )
     if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     return model
-
-
-def trainable_weights(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The trainable parameters that are not LoRA weights, by their base-model names."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
-    source = state_dict if state_dict is not None else dict(model.named_parameters())
-    return {_base_name(n): t.detach().cpu().contiguous() for n, t in source.items() if n in names}
-
-
-def _base_name(name: str) -> str:
-    for prefix in ("base_model.model.", "module."):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
-    return name.replace(".modules_to_save.default", "").replace(".base_layer", "")
-
-
-def save_trainable_weights(model: nn.Module, output_dir: str, state_dict: dict[str, torch.Tensor] | None) -> None:
-    from safetensors.torch import save_file
-
-    weights = trainable_weights(model, state_dict)
-    if weights:
-        save_file(weights, os.path.join(output_dir, TRAINABLE_WEIGHTS_NAME), metadata={"format": "pt"})
-
-
-def load_trainable_weights(model: nn.Module, path: str | os.PathLike[str]) -> int:
-    """Copy a run's non-LoRA trained weights into ``model`` (plain or PEFT); returns how many tensors."""
-    from safetensors.torch import load_file
-
-    file = Path(path, TRAINABLE_WEIGHTS_NAME)
-    if not file.is_file():
-        return 0
-    weights = load_file(file)
-    params = {_base_name(n): p for n, p in model.named_parameters()}
-    missing = sorted(set(weights) - set(params))
-    if missing:
-        raise ValueError(f"{file} holds weights the model does not have: {missing[:5]}")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].dtype))
-    return len(weights)
-
-
-def load_vift(path: str | os.PathLike[str], **kwargs: Any) -> tuple[Any, Any]:
-    """``(model, processor)`` of a saved ViFT run, LoRA merged, fused inference enabled from its config.
-
-    ``model.generate(**processor.apply_chat_template(...))`` then runs fused; extra ``kwargs`` go to
-    ``from_pretrained`` (e.g. ``dtype``, ``device_map``).
-    """
-    from transformers import AutoModelForImageTextToText
-
-    from vift_plugin.config import FUSION_CONFIG_NAME, FusionConfig
-    from vift_plugin.fusion import enable_vift
-    from vift_plugin.processors import load_processor
-
-    folder = os.fspath(path)
-    base = adapter_base(folder)
-    if base is not None:
-        model = _continue_from_run(AutoModelForImageTextToText.from_pretrained(base, **kwargs), folder, merge=True)
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
-        load_trainable_weights(model, folder)
-    processor = load_processor(folder)
-    model.eval()
-    config_file = Path(folder, FUSION_CONFIG_NAME)
-    config = FusionConfig.from_pretrained(config_file) if config_file.is_file() else FusionConfig()
-    enable_vift(model, config, processor=processor)
-    return model, processor
 
 
 def describe_trainable(model: nn.Module) -> str:

@@ -195,7 +195,7 @@ def check_roles(model: nn.Module) -> dict[Role, int]:
 def set_trainable(model: nn.Module, frozen: Iterable[str]) -> list[str]:
     """Freeze the parameters of the ``frozen`` roles and unfreeze the others.
 
-    Returns the names of parameters that should train but cannot (quantised, not floating point).
+    Returns the names of parameters that should train but cannot (quantized, not floating point).
     """
     frozen = set(frozen)
     stuck = []

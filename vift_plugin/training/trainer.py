@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from vift_plugin.config import FusionConfig
 from vift_plugin.data.sampler import sampler_for_trainer
+from vift_plugin.fusion import IMAGE_INPUT_KEYS
+from vift_plugin.loading import load_trainable_weights, save_trainable_weights
 from vift_plugin.training.arguments import ViFTTrainingArguments
 from vift_plugin.training.checkpoints import load_full_weights, resolve_resume, save_failure, set_aside
-from vift_plugin.training.model import load_trainable_weights, save_trainable_weights
 from vift_plugin.training.roles import (
     ROLES,
     check_modalities_train,
@@ -27,8 +27,6 @@ from vift_plugin.training.roles import (
 )
 
 logger = logging.getLogger(__name__)
-
-IMAGE_INPUT_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "image_sizes", "pixel_attention_mask")
 
 
 def batch_modality(inputs: dict[str, Any]) -> str:
@@ -79,7 +77,7 @@ class ViFTTrainer(Trainer):
             self,
             dataset[self.args.modality_column],
             dataset[length_column] if length_column in columns else None,
-            remainder=self.args.remainder,  # type: ignore[arg-type]
+            remainder=self.args.remainder,
             length_window=self.args.length_window,
         )
         model: Any = self.model
@@ -193,4 +191,4 @@ class ViFTTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if isinstance(model, PeftModel):
             save_trainable_weights(model, folder, state_dict)
-        FusionConfig(alpha=self.args.fusion_alpha, beta=self.args.fusion_beta).save_pretrained(folder)
+        self.args.fusion().save_pretrained(folder)
