@@ -1,5 +1,6 @@
-"""Shared helpers for the patch tests: loading the patch modules from ``patches/`` and checking that a
-sampler's optimizer steps are single-modality on every rank, the way ``accelerate`` shards them."""
+"""Shared helpers for the integration tests: the integration modules (and the re-export files under
+``patches/``, loaded by path), and checking that a sampler's optimizer steps are single-modality on
+every rank, the way ``accelerate`` shards them."""
 
 from __future__ import annotations
 
@@ -17,23 +18,26 @@ from torch.utils.data import BatchSampler, Sampler
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, relative: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
+INTEGRATIONS = ("vift_plugin.integrations.llava", "vift_plugin.integrations.llamafactory")
 
 
 @pytest.fixture(scope="session")
 def vift_llava() -> ModuleType:
-    return _load("vift_llava", "patches/llava/vift_llava.py")
+    return importlib.import_module("vift_plugin.integrations.llava")
 
 
 @pytest.fixture(scope="session")
 def vift_llamafactory() -> ModuleType:
-    return _load("vift_llamafactory", "patches/llama_factory/vift_llamafactory.py")
+    return importlib.import_module("vift_plugin.integrations.llamafactory")
+
+
+def load_patch_file(name: str, relative: str) -> ModuleType:
+    """A re-export file under ``patches/`` loaded by its path, the way users import it (not as a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +45,7 @@ def _no_leftover_patches(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test must remove what it applied; fail (and clean up) otherwise."""
     yield
     leftovers = []
-    for name in ("vift_llava", "vift_llamafactory"):
+    for name in INTEGRATIONS:
         module = sys.modules.get(name)
         if module is not None:
             for handle in module.active_patches():

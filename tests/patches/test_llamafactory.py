@@ -1,4 +1,4 @@
-"""``patches/llama_factory/vift_llamafactory.py`` against stand-ins of LLaMA-Factory 0.9's trainer modules.
+"""``vift_plugin.integrations.llamafactory`` against stand-ins of LLaMA-Factory 0.9's trainer modules.
 
 The stand-ins keep upstream's module names, class names and signatures: ``CustomSeq2SeqTrainer``
 (``Seq2SeqTrainer``) and ``CustomTrainer`` (``Trainer``) taking ``finetuning_args`` and ``processor``,
@@ -380,7 +380,7 @@ def test_remove_restores_both_trainers_exactly(vift_llamafactory: ModuleType, lf
     with vift_llamafactory.apply("sft"), vift_llamafactory.apply("pt"):  # one callback patch serves both
         assert getattr(lf.callback.on_log, "_vift_patch", False)
     assert not getattr(lf.callback.on_log, "_vift_patch", False)
-    with vift_llamafactory.vift_llamafactory_patch("sft"):
+    with vift_llamafactory.apply("sft"):
         assert lf.sft.__dict__["create_optimizer"] is not originals[(lf.sft, "create_optimizer")]
         assert lf.pt.__dict__["create_optimizer"] is originals[(lf.pt, "create_optimizer")]
     assert lf.sft.__dict__["create_optimizer"] is originals[(lf.sft, "create_optimizer")]
@@ -396,7 +396,7 @@ def test_symbol_checks(vift_llamafactory: ModuleType, lf: SimpleNamespace, monke
     monkeypatch.setitem(
         sys.modules, "llamafactory.train.sft.trainer", types.ModuleType("llamafactory.train.sft.trainer")
     )
-    with pytest.raises(error, match="has no 'CustomSeq2SeqTrainer'"):
+    with pytest.raises(error, match=r"has no class 'CustomSeq2SeqTrainer'.*LLaMA-Factory 0\.9"):
         vift_llamafactory.apply("sft")
 
     def two_arguments(model: Any, training_args: Any) -> None:

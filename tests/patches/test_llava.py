@@ -1,4 +1,4 @@
-"""``patches/llava/vift_llava.py`` against stand-ins of LLaVA's and Bunny's trainer modules.
+"""``vift_plugin.integrations.llava`` against stand-ins of LLaVA's and Bunny's trainer modules.
 
 The stand-ins have upstream's names and method signatures (``_get_train_sampler(self)``,
 ``create_optimizer(self)``, ``mm_projector_lr``/``mm_vision_tower_lr`` arguments, a dataset with a
@@ -461,7 +461,7 @@ def test_applying_twice_is_an_error(vift_llava: ModuleType, llava_cls: type) -> 
 
 def test_context_manager_and_partial_patch(vift_llava: ModuleType, llava_cls: type) -> None:
     original_sampler = llava_cls.__dict__["_get_train_sampler"]
-    with vift_llava.vift_llava_patch(optimizer=False):
+    with vift_llava.apply(optimizer=False):
         assert llava_cls.__dict__["_get_train_sampler"] is not original_sampler
         assert (
             llava_cls.__dict__["create_optimizer"].__qualname__ == "make_llava_trainer_class.<locals>.create_optimizer"
