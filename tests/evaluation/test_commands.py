@@ -13,7 +13,7 @@ from PIL import Image
 from tests.evaluation.conftest import colour_rows, read_jsonl, write_jsonl
 from vift_plugin import FusionConfig, fusion_config
 from vift_plugin.cli import main
-from vift_plugin.evaluation import evaluate, read_benchmark
+from vift_plugin.evaluation import GenerationSettings, evaluate, read_benchmark
 from vift_plugin.evaluation.answers import normalize_answer
 from vift_plugin.evaluation.scoring import summary_from_rows
 from vift_plugin.loading import load_model
@@ -29,9 +29,7 @@ def answers_of(model: Any, processor: Any, data: Path, modes: list[str], fusion:
         read_benchmark(data),
         modes,
         fusion=fusion,
-        max_new_tokens=int(NEW_TOKENS),
-        batch_size=3,
-        progress=False,
+        settings=GenerationSettings(max_new_tokens=int(NEW_TOKENS), batch_size=3, progress=False),
     )
     return {mode: result.predictions(mode) for mode in modes}
 

@@ -10,10 +10,10 @@ import pytest
 from transformers import AutoModelForImageTextToText
 
 from tests.evaluation.conftest import colour_rows, read_jsonl, write_jsonl
-from vift_plugin import FusionConfig, enable_vift, fusion_config, load_processor
-from vift_plugin.evaluation import SweepPoint, SweepResult, read_benchmark, sweep, write_sweep
-from vift_plugin.evaluation.fusion_sweep import NO_MATPLOTLIB
-from vift_plugin.fusion import FusionHandle
+from vift_plugin import FusionConfig, count_fusion_passes, enable_vift, fusion_config, load_processor
+from vift_plugin.evaluation import GenerationSettings, SweepPoint, SweepResult, read_benchmark, sweep, write_sweep
+from vift_plugin.evaluation.fusion_sweep import NO_MATPLOTLIB, resolve_first_layers
+from vift_plugin.fusion import FusionStats
 
 
 def point(alpha: float, beta: float, first: int, accuracy: float, format_rate: float = 1.0) -> SweepPoint:
@@ -67,9 +67,7 @@ def test_files_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "| 1 | 0.1 | 2 | 50.0% **best** | 100.0% |" in (tmp_path / "sweep.md").read_text()
 
 
-def test_text_pass_runs_once_per_batch_and_first_layer(
-    checkpoint_dir: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_text_pass_runs_once_per_batch_and_first_layer(checkpoint_dir: Any, tmp_path: Path) -> None:
     path = checkpoint_dir("qwen2_vl")
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     processor = load_processor(path)
@@ -77,19 +75,58 @@ def test_text_pass_runs_once_per_batch_and_first_layer(
     enable_vift(model, saved, processor=processor)
     rows = [{**row, "question": f"{row['question']} ({i})"} for i, row in enumerate(colour_rows(tmp_path)[:4])]
     items = read_benchmark(write_jsonl(tmp_path / "b.jsonl", rows))  # four different text-only prompts
-    captures: list[int] = []
-    original = FusionHandle._capture
-
-    def counting(self: FusionHandle, generate: Any, inputs: dict[str, Any], layers: set[int]) -> Any:
-        captures.append(len(layers))
-        return original(self, generate, inputs, layers)
-
-    monkeypatch.setattr(FusionHandle, "_capture", counting)
-    outcome = sweep(
-        model, processor, items, [1.0], [0.1, 0.2, 0.3], [1, 2], batch_size=2, max_new_tokens=3, progress=False
+    with count_fusion_passes() as stats:
+        settings = GenerationSettings(batch_size=2, max_new_tokens=3, progress=False)
+        outcome = sweep(model, processor, items, [1.0], [0.1, 0.2, 0.3], [1, 2], settings=settings)
+    # 2 batches x 2 first layers (fused layers 1-3 and 2-3 of 4) text passes of 2 rows each; the other two
+    # betas of each read those rows from the cache; alpha=1, so official mode needs no unfused pass.
+    assert stats == FusionStats(
+        fused_calls=2 * 6,
+        text_passes=2 * 2,
+        text_rows=2 * 2 * 2,
+        cached_rows=2 * 2 * 2 * 2,
+        captured_layers=2 * (3 + 2),
     )
-    # 2 batches x 2 first layers text passes; alpha=1, so official mode needs no unfused pass.
-    assert sorted(captures) == [2, 2, 3, 3]
     assert len(outcome.points) == 6 and outcome.plain["n"] == 4
     assert outcome.base == saved and outcome.best_config.mode == "official"
     assert fusion_config(model) == saved  # the model's own fusion state is back
+
+
+def test_first_layers_count_from_the_end_and_default_to_the_quarters() -> None:
+    assert resolve_first_layers([-1, 3, 1], 4) == [1, 3]
+    assert resolve_first_layers(None, 4) == [1, 2, 3]
+    assert resolve_first_layers(None, 1) == [0]
+    assert resolve_first_layers(iter([2]), 4) == [2]
+
+
+@pytest.mark.parametrize(
+    ("first_layers", "message"),
+    [
+        (
+            [4],
+            r"first_layers \[4\] \(first fused layers.*\): layer index 4 is out of range for a decoder with 4 layers",
+        ),
+        ([1, -5], r"layer index -5 is out of range for a decoder with 4 layers"),
+        ([], r"first_layers \[\] .*non-empty list of layer indices"),
+        ([1.0], r"non-empty list of layer indices"),
+        ([True], r"non-empty list of layer indices"),
+    ],
+)
+def test_bad_first_layers_are_refused_like_fused_layers(first_layers: list[Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_first_layers(first_layers, 4)
+
+
+def test_sweep_refuses_bad_first_layers_before_generating(checkpoint_dir: Any, tmp_path: Path) -> None:
+    path = checkpoint_dir("qwen2_vl")
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    processor = load_processor(path)
+    items = read_benchmark(write_jsonl(tmp_path / "b.jsonl", colour_rows(tmp_path)[:2]))
+
+    def no_generate(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("generate ran")
+
+    model.generate = no_generate
+    with pytest.raises(ValueError, match=r"first_layers \[9\].*out of range for a decoder with 4 layers"):
+        sweep(model, processor, items, first_layers=[9], settings=GenerationSettings(progress=False))
+    assert fusion_config(model) is None

@@ -299,6 +299,7 @@ def test_vift_eval_names_a_truncated_image_row_before_loading_the_model(
 
 
 def test_evaluate_checks_row_images_before_generating(tiny_qwen: tuple[Any, Any], tmp_path: Path) -> None:
+    from vift_plugin.evaluation import GenerationSettings
     from vift_plugin.evaluation.evaluator import evaluate
 
     model, processor = tiny_qwen
@@ -317,7 +318,7 @@ def test_evaluate_checks_row_images_before_generating(tiny_qwen: tuple[Any, Any]
 
     model.generate = counting_generate
     with pytest.raises(ImageError, match=r"items\[1\]: cannot decode image .*cut\.jpg"):
-        evaluate(model, processor, rows, modes=["plain"], max_new_tokens=2, progress=False)
+        evaluate(model, processor, rows, modes=["plain"], settings=GenerationSettings(max_new_tokens=2, progress=False))
     assert calls["generate"] == 0
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from vift_plugin.evaluation.fusion_sweep import SweepPoint, SweepResult, sweep, write_sweep
     from vift_plugin.evaluation.runner import build_prompt, generate_answers
     from vift_plugin.evaluation.scoring import Score, score_prediction, summarize
+    from vift_plugin.evaluation.settings import GenerationSettings
     from vift_plugin.loading import load_model
 
 _WHERE = {
@@ -23,6 +24,7 @@ _WHERE = {
     "as_items": "vift_plugin.evaluation.benchmark",
     "read_benchmark": "vift_plugin.evaluation.benchmark",
     "load_model": "vift_plugin.loading",
+    "GenerationSettings": "vift_plugin.evaluation.settings",
     "EvalResult": "vift_plugin.evaluation.evaluator",
     "evaluate": "vift_plugin.evaluation.evaluator",
     "summary_markdown": "vift_plugin.evaluation.evaluator",
@@ -46,6 +48,7 @@ __all__ = [
     "BenchmarkItem",
     "DEFAULT_MARKERS",
     "EvalResult",
+    "GenerationSettings",
     "Score",
     "SweepPoint",
     "SweepResult",

@@ -6,7 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vift_plugin.evaluation.settings import GenerationSettings
 
 
 def fusion_from_args(args: argparse.Namespace, model: Any) -> Any:
@@ -21,12 +24,24 @@ def fusion_from_args(args: argparse.Namespace, model: Any) -> Any:
     return config
 
 
-def _markers(args: argparse.Namespace) -> Any:
-    from vift_plugin.evaluation.answers import DEFAULT_MARKERS
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    """The :class:`~vift_plugin.evaluation.settings.GenerationSettings` of the shared options. Images were
+    already read (and any URL fetched) with the benchmark, so ``allow_remote_images`` stays off here."""
+    from vift_plugin.evaluation.settings import GenerationSettings
 
+    changes: dict[str, Any] = {}
     if args.no_answer_marker:
-        return ()
-    return tuple(args.answer_marker) if args.answer_marker else DEFAULT_MARKERS
+        changes["answer_markers"] = ()
+    elif args.answer_marker:
+        changes["answer_markers"] = tuple(args.answer_marker)
+    return GenerationSettings(
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        prompt_suffix=args.prompt_suffix,
+        max_pixels=args.max_pixels,
+        progress=not args.no_progress,
+        **changes,
+    )
 
 
 def _inference_modes(value: str) -> list[str]:
@@ -67,6 +82,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     output = args.output_dir or _default_output("eval", args.model, args.data)
     check_output_dir(output)
+    settings = generation_settings(args)
     from vift_plugin.loading import load_model
 
     items = _read_items(args)
@@ -77,12 +93,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         items,
         modes=list(dict.fromkeys(mode for group in args.inference for mode in group)),
         fusion=fusion_from_args(args, model),
-        answer_markers=_markers(args),
-        prompt_suffix=args.prompt_suffix,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        max_pixels=args.max_pixels,
-        progress=not args.no_progress,
+        settings=settings,
         describe_request=args.describe_request,
     )
     paths = write_results(result, output)
@@ -100,6 +111,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     output = args.output_dir or _default_output("sweep", args.model, args.data)
     check_output_dir(output)
+    settings = generation_settings(args)
     from vift_plugin.loading import load_model
 
     items = _read_items(args)
@@ -113,13 +125,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         betas=args.betas or DEFAULT_BETAS,
         first_layers=args.first_layers,
         base_config=base,
-        answer_markers=_markers(args),
-        prompt_suffix=args.prompt_suffix,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        max_pixels=args.max_pixels,
+        settings=settings,
         output_dir=output,
-        progress=not args.no_progress,
     )
     print(result.to_markdown(), end="")
     for note in result.notes:
@@ -134,12 +141,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from vift_plugin.evaluation.settings import GenerationSettings
+
+    defaults = GenerationSettings()
     parser.add_argument("model", metavar="MODEL", help="checkpoint folder or saved ViFT run (adapter / fusion config)")
     parser.add_argument("--data", required=True, help="benchmark JSONL: image, question, [choices], answer, [id, type]")
     parser.add_argument("--image-root", help="folder of relative image paths (default: the data file's folder)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="greedy decoding length (default 64)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"prompts per generate call (default {defaults.batch_size})",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=defaults.max_new_tokens,
+        help=f"greedy decoding length (default {defaults.max_new_tokens})",
+    )
     parser.add_argument("--prompt-suffix", help="text appended to every prompt, e.g. an answer-format instruction")
     parser.add_argument(
         "--answer-marker",
@@ -147,7 +167,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         action="extend",
         metavar="MARKER",
         help="final-answer marker(s); the text after the last one is scored "
-        "(default: 'answer:', 'answer :', 'the answer is')",
+        f"(default: {', '.join(repr(m) for m in defaults.markers)})",
     )
     parser.add_argument("--no-answer-marker", action="store_true", help="score the whole output (no markers)")
     parser.add_argument("--max-pixels", type=int, help="downscale larger images to this many pixels")

@@ -12,10 +12,11 @@ from typing import Any
 from vift_plugin.cascade import DEFAULT_DESCRIBE_REQUEST
 from vift_plugin.config import FusionConfig
 from vift_plugin.data.files import atomic_output
-from vift_plugin.evaluation.answers import DEFAULT_MARKERS, marker_list
+from vift_plugin.evaluation.answers import DEFAULT_MARKERS
 from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items
-from vift_plugin.evaluation.runner import PromptBuilder, cascade_answers, generate_answers
+from vift_plugin.evaluation.runner import cascade_answers, generate_answers
 from vift_plugin.evaluation.scoring import Score, score_all, summarize
+from vift_plugin.evaluation.settings import GenerationSettings
 from vift_plugin.generation import active_fusion
 
 MODES = ("plain", "fused", "cascade")
@@ -77,73 +78,58 @@ def evaluate(
     modes: Iterable[str] = MODES,
     *,
     fusion: FusionConfig | None = None,
-    answer_markers: Iterable[str] | str | None = DEFAULT_MARKERS,
-    prompt_suffix: str | None = None,
-    prompt_builder: PromptBuilder | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
+    settings: GenerationSettings | None = None,
     image_root: str | os.PathLike[str] | None = None,
-    max_pixels: int | None = None,
-    generate_kwargs: dict[str, Any] | None = None,
-    progress: bool = True,
     describe_request: str | None = None,
-    allow_remote_images: bool = False,
 ) -> EvalResult:
     """Generate greedy answers to ``items`` in each mode and score them.
 
-    ``items``: a benchmark file, :class:`BenchmarkItem` objects or row dicts (``image`` may be a path
-    or a PIL image). A file's or row dicts' images are all decoded before the model runs, so a
-    broken one is named with its row instead of ending the run after the other answers were
-    computed; URLs are refused unless ``allow_remote_images`` (then fetched once, up front).
+    ``items``: a benchmark file (relative images under ``image_root``, default the file's folder),
+    :class:`BenchmarkItem` objects or row dicts (``image`` may be a path or a PIL image). A file's or row
+    dicts' images are all decoded before the model runs, so a broken one is named with its row instead of
+    ending the run after the other answers were computed; URLs are refused unless
+    ``settings.allow_remote_images`` (then fetched once, up front).
     ``"plain"`` runs ``generate(vift=False)``; ``"fused"`` runs with ``fusion``, else the model's enabled
     config, else ``FusionConfig()``; the model's own state is restored afterwards.
     ``"cascade"`` describes each image under ``describe_request`` (default
     :data:`~vift_plugin.cascade.DEFAULT_DESCRIBE_REQUEST`), then answers the prompt with the description
     in the image's place (:func:`~vift_plugin.cascade.cascade_generate`); the descriptions are kept in
     ``EvalResult.descriptions["cascade"]`` and in the predictions file.
-    ``prompt_builder(item)`` (text or whole chat messages) replaces the default prompt (question,
-    lettered options, ``prompt_suffix``). ``answer_markers`` set where the final answer starts, in the
-    output and in references such as ``"... answer : red"``; ``None`` scores the whole output.
+    ``settings`` (default :class:`GenerationSettings`): batch size, answer length, the prompt
+    (``prompt_suffix`` or a ``prompt_builder``), the answer markers that say where the final answer
+    starts (``()`` scores the whole output), image size, extra ``generate`` keywords, progress bar.
     """
+    settings = settings or GenerationSettings()
     chosen = check_modes(modes)
-    benchmark = as_items(items, image_root, allow_remote_images=allow_remote_images)
-    markers = marker_list(answer_markers)
+    benchmark = as_items(items, image_root, allow_remote_images=settings.allow_remote_images)
+    markers = settings.markers
     scores: dict[str, list[Score]] = {}
     descriptions: dict[str, list[str]] = {}
-    shared: dict[str, Any] = dict(
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        prompt_suffix=prompt_suffix,
-        prompt_builder=prompt_builder,
-        max_pixels=max_pixels,
-        generate_kwargs=generate_kwargs,
-        progress=progress,
-    )
     for mode in chosen:
         if mode == "cascade":
             predictions, descriptions[mode] = cascade_answers(
-                model, processor, benchmark, describe_request=describe_request, **shared
+                model, processor, benchmark, describe_request=describe_request, settings=settings
             )
         else:
             predictions = generate_answers(
-                model, processor, benchmark, fused=mode == "fused", fusion=fusion, desc=mode, **shared
+                model, processor, benchmark, fused=mode == "fused", fusion=fusion, settings=settings, desc=mode
             )
         scores[mode] = score_all(predictions, benchmark, markers)
     used = active_fusion(model, fusion) if "fused" in chosen else None
-    settings: dict[str, Any] = {
-        "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens,
-        "prompt_suffix": prompt_suffix,
+    recorded: dict[str, Any] = {
+        "batch_size": settings.batch_size,
+        "max_new_tokens": settings.max_new_tokens,
+        "prompt_suffix": settings.prompt_suffix,
     }
     if "cascade" in chosen:
-        settings["describe_request"] = describe_request or DEFAULT_DESCRIBE_REQUEST
+        recorded["describe_request"] = describe_request or DEFAULT_DESCRIBE_REQUEST
     return EvalResult(
         items=benchmark,
         scores=scores,
         summary={mode: summarize(mode_scores) for mode, mode_scores in scores.items()},
         fusion=used,
         answer_markers=markers,
-        settings=settings,
+        settings=recorded,
         descriptions=descriptions,
     )
 

@@ -19,11 +19,11 @@ from typing import Any
 
 from vift_plugin.config import FusionConfig
 from vift_plugin.data.files import atomic_output
-from vift_plugin.evaluation.answers import DEFAULT_MARKERS, marker_list
 from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items
 from vift_plugin.evaluation.evaluator import write_text
-from vift_plugin.evaluation.runner import PromptBuilder, encoded_batches
+from vift_plugin.evaluation.runner import encoded_batches
 from vift_plugin.evaluation.scoring import score_all, summarize
+from vift_plugin.evaluation.settings import GenerationSettings
 from vift_plugin.generation import generate_batch, progress_bar
 
 logger = logging.getLogger(__name__)
@@ -117,17 +117,18 @@ class SweepResult:
 
 def resolve_first_layers(first_layers: Iterable[int] | None, num_layers: int) -> list[int]:
     """Sorted distinct non-negative first layers; negatives count from the end. Default: the layers
-    at a quarter, half and three quarters of the decoder."""
+    at a quarter, half and three quarters of the decoder.
+
+    What a valid set is (a non-empty list of ints, each in ``-num_layers..num_layers-1``) is
+    :meth:`FusionConfig.resolve_layers`'s rule: the first layers are checked as fused layers would be.
+    """
     if first_layers is None:
         return sorted({num_layers // 4, num_layers // 2, (3 * num_layers) // 4})
-    resolved = set()
-    for index in first_layers:
-        if not -num_layers <= index < num_layers:
-            raise ValueError(f"first layer {index} is out of range for a decoder with {num_layers} layers")
-        resolved.add(index % num_layers)
-    if not resolved:
-        raise ValueError("give at least one first layer")
-    return sorted(resolved)
+    chosen = list(first_layers)
+    try:
+        return FusionConfig(layers=chosen).resolve_layers(num_layers)
+    except ValueError as error:
+        raise ValueError(f"first_layers {chosen!r} (first fused layers, negative from the end): {error}") from None
 
 
 def sweep(
@@ -139,29 +140,24 @@ def sweep(
     first_layers: Iterable[int] | None = None,
     *,
     base_config: FusionConfig | None = None,
-    answer_markers: Iterable[str] | str | None = DEFAULT_MARKERS,
-    prompt_suffix: str | None = None,
-    prompt_builder: PromptBuilder | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
+    settings: GenerationSettings | None = None,
     image_root: str | os.PathLike[str] | None = None,
-    max_pixels: int | None = None,
-    generate_kwargs: dict[str, Any] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    allow_remote_images: bool = False,
 ) -> SweepResult:
     """Fused accuracy at every ``alpha x beta x first layer`` (fused layers ``range(first, num_layers)``),
     plain accuracy once as the reference; files written to ``output_dir`` by :func:`write_sweep`.
 
     Other settings (``mode``, ``tokens``, ``layers_path``) come from ``base_config``, else the model's
     enabled config, else ``FusionConfig()``; the model's own fusion state is restored afterwards.
+    ``items``, ``image_root`` and ``settings`` (default :class:`GenerationSettings`) as in
+    :func:`~vift_plugin.evaluation.evaluate`.
     """
     from vift_plugin.fusion import fusion_config, vift_fusion
     from vift_plugin.layers import find_decoder_layers
 
-    benchmark = as_items(items, image_root, allow_remote_images=allow_remote_images)
-    markers = marker_list(answer_markers)
+    settings = settings or GenerationSettings()
+    benchmark = as_items(items, image_root, allow_remote_images=settings.allow_remote_images)
+    markers = settings.markers
     base = base_config or fusion_config(model) or FusionConfig()
     num_layers = len(find_decoder_layers(model, base.layers_path))
     firsts = resolve_first_layers(first_layers, num_layers)
@@ -175,23 +171,16 @@ def sweep(
     grid = [(a, b, f) for f in firsts for a in alpha_list for b in beta_list]
     plain: list[str] = []
     fused: dict[tuple[float, float, int], list[str]] = {point: [] for point in grid}
-    cache = max(base.text_cache_size, batch_size * len(firsts))
-    extra = dict(generate_kwargs or {})
+    cache = max(base.text_cache_size, settings.batch_size * len(firsts))
+    extra = dict(settings.generate_kwargs or {})
+    tokens = settings.max_new_tokens
     runs_per_item = 1 + sum(1 for a, b, _ in grid if not (a == 1.0 and b == 0.0))
-    bar = progress_bar(len(benchmark) * runs_per_item, "sweep", progress)
+    bar = progress_bar(len(benchmark) * runs_per_item, "sweep", settings.progress)
     try:
         with vift_fusion(model, base.replace(text_cache_size=cache), processor=processor):
-            for chunk, inputs in encoded_batches(
-                model,
-                processor,
-                benchmark,
-                batch_size,
-                prompt_suffix=prompt_suffix,
-                prompt_builder=prompt_builder,
-                max_pixels=max_pixels,
-            ):
+            for chunk, inputs in encoded_batches(model, processor, benchmark, settings):
                 reference = generate_batch(
-                    model, processor, inputs, max_new_tokens=max_new_tokens, generate_kwargs={**extra, "vift": False}
+                    model, processor, inputs, max_new_tokens=tokens, generate_kwargs={**extra, "vift": False}
                 )
                 plain += reference
                 bar.update(len(chunk))
@@ -201,7 +190,7 @@ def sweep(
                         continue
                     overrides = {"vift_alpha": a, "vift_beta": b, "vift_layers": list(range(f, num_layers))}
                     fused[(a, b, f)] += generate_batch(
-                        model, processor, inputs, max_new_tokens=max_new_tokens, generate_kwargs={**extra, **overrides}
+                        model, processor, inputs, max_new_tokens=tokens, generate_kwargs={**extra, **overrides}
                     )
                     bar.update(len(chunk))
     finally:

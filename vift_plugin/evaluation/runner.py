@@ -7,12 +7,13 @@ tokens are decoded. The caller places the model (on CUDA when it has one); input
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vift_plugin.config import FusionConfig
 from vift_plugin.evaluation.answers import LETTERS
 from vift_plugin.evaluation.benchmark import BenchmarkItem
+from vift_plugin.evaluation.settings import GenerationSettings, PromptBuilder
 from vift_plugin.generation import (
     Messages,
     batches,
@@ -22,8 +23,6 @@ from vift_plugin.generation import (
     progress_bar,
     to_model,
 )
-
-PromptBuilder = Callable[[BenchmarkItem], "str | Messages"]
 
 
 def build_prompt(item: BenchmarkItem, prompt_suffix: str | None = None) -> str:
@@ -76,19 +75,17 @@ def encode_batch(
 
 
 def encoded_batches(
-    model: Any,
-    processor: Any,
-    items: Sequence[BenchmarkItem],
-    batch_size: int,
-    *,
-    prompt_suffix: str | None = None,
-    prompt_builder: PromptBuilder | None = None,
-    max_pixels: int | None = None,
+    model: Any, processor: Any, items: Sequence[BenchmarkItem], settings: GenerationSettings
 ) -> Iterator[tuple[Sequence[BenchmarkItem], dict[str, Any]]]:
-    """``(chunk, inputs)`` per batch of ``items``: the :func:`encode_batch` encoding, moved :func:`to_model`."""
-    for chunk in batches(items, batch_size):
+    """``(chunk, inputs)`` per ``settings.batch_size`` items: the :func:`encode_batch` encoding (with the
+    settings' prompt and image size), moved :func:`to_model`."""
+    for chunk in batches(items, settings.batch_size):
         encoded = encode_batch(
-            processor, chunk, prompt_suffix=prompt_suffix, prompt_builder=prompt_builder, max_pixels=max_pixels
+            processor,
+            chunk,
+            prompt_suffix=settings.prompt_suffix,
+            prompt_builder=settings.prompt_builder,
+            max_pixels=settings.max_pixels,
         )
         yield chunk, to_model(encoded, model)
 
@@ -100,35 +97,23 @@ def generate_answers(
     *,
     fused: bool,
     fusion: FusionConfig | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    prompt_suffix: str | None = None,
-    prompt_builder: PromptBuilder | None = None,
-    max_pixels: int | None = None,
-    generate_kwargs: dict[str, Any] | None = None,
-    progress: bool = True,
+    settings: GenerationSettings | None = None,
     desc: str | None = None,
 ) -> list[str]:
-    """The decoded greedy answer of ``model`` to every item, plain or fused (see :func:`fusion_mode`)."""
+    """The decoded greedy answer of ``model`` to every item, plain or fused (see :func:`fusion_mode`), prompted
+    and generated as ``settings`` say (default :class:`GenerationSettings`; its answer markers are not used)."""
+    settings = settings or GenerationSettings()
     answers: list[str] = []
-    bar = progress_bar(len(items), desc or ("fused" if fused else "plain"), progress)
+    bar = progress_bar(len(items), desc or ("fused" if fused else "plain"), settings.progress)
     try:
         with fusion_mode(model, processor, fused, fusion) as mode_kwargs:
-            for chunk, inputs in encoded_batches(
-                model,
-                processor,
-                items,
-                batch_size,
-                prompt_suffix=prompt_suffix,
-                prompt_builder=prompt_builder,
-                max_pixels=max_pixels,
-            ):
+            for chunk, inputs in encoded_batches(model, processor, items, settings):
                 answers += generate_batch(
                     model,
                     processor,
                     inputs,
-                    max_new_tokens=max_new_tokens,
-                    generate_kwargs={**(generate_kwargs or {}), **mode_kwargs},
+                    max_new_tokens=settings.max_new_tokens,
+                    generate_kwargs={**(settings.generate_kwargs or {}), **mode_kwargs},
                 )
                 bar.update(len(chunk))
     finally:
@@ -142,33 +127,29 @@ def cascade_answers(
     items: Sequence[BenchmarkItem],
     *,
     describe_request: str | None = None,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    prompt_suffix: str | None = None,
-    prompt_builder: PromptBuilder | None = None,
-    max_pixels: int | None = None,
-    generate_kwargs: dict[str, Any] | None = None,
-    progress: bool = True,
+    settings: GenerationSettings | None = None,
 ) -> tuple[list[str], list[str]]:
     """``(answers, descriptions)`` of every item by :func:`~vift_plugin.cascade.cascade_generate`: each image
-    described under ``describe_request``, then the item's prompt answered with the description in its place."""
+    described under ``describe_request``, then the item's prompt answered with the description in its place;
+    both passes prompted and generated as ``settings`` say (default :class:`GenerationSettings`)."""
     from vift_plugin.cascade import DEFAULT_DESCRIBE_REQUEST, cascade_generate
 
+    settings = settings or GenerationSettings()
     answers: list[str] = []
     descriptions: list[str] = []
-    bar = progress_bar(len(items), "cascade", progress)
+    bar = progress_bar(len(items), "cascade", settings.progress)
     try:
-        for chunk in batches(items, batch_size):
+        for chunk in batches(items, settings.batch_size):
             outputs = cascade_generate(
                 model,
                 processor,
-                [item_messages(item, prompt_suffix, prompt_builder) for item in chunk],
+                [item_messages(item, settings.prompt_suffix, settings.prompt_builder) for item in chunk],
                 [item.image for item in chunk],
                 describe_request=describe_request or DEFAULT_DESCRIBE_REQUEST,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                max_pixels=max_pixels,
-                generate_kwargs=generate_kwargs,
+                batch_size=settings.batch_size,
+                max_new_tokens=settings.max_new_tokens,
+                max_pixels=settings.max_pixels,
+                generate_kwargs=settings.generate_kwargs,
             )
             answers += [output.answer for output in outputs]
             descriptions += [output.description for output in outputs]

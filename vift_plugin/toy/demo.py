@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vift_plugin.evaluation.answers import normalize_answer
+from vift_plugin.evaluation.settings import GenerationSettings
 from vift_plugin.toy.data import CAPTION_REQUEST, RECIPES, WorldSizes, write_world
 from vift_plugin.toy.perception import Perception, caption_test_pictures, measure_perception, perception_table
 from vift_plugin.toy.report import (
@@ -255,6 +256,11 @@ def _majority_guess(test: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def generation_settings(config: DemoConfig) -> GenerationSettings:
+    """The :class:`~vift_plugin.evaluation.GenerationSettings` of every evaluation and of the sweep."""
+    return GenerationSettings(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens)
+
+
 def sweep_fusion(config: DemoConfig, model: Any, processor: Any, dev_file: Path, num_layers: int) -> Any:
     """``vift sweep`` over ``config.sweep_alphas x sweep_betas x`` first layers at a quarter and half of the
     ``num_layers`` decoder on the dev questions; files in ``OUTPUT_DIR/sweep-vift``. Returns the ``SweepResult``."""
@@ -269,8 +275,7 @@ def sweep_fusion(config: DemoConfig, model: Any, processor: Any, dev_file: Path,
             config.sweep_alphas,
             config.sweep_betas,
             sorted({num_layers // 4, num_layers // 2}),
-            batch_size=config.eval_batch_size,
-            max_new_tokens=config.max_new_tokens,
+            settings=generation_settings(config),
             output_dir=Path(config.output_dir) / SWEEP_DIR,
         )
 
@@ -291,19 +296,22 @@ def evaluate_stages(
     from vift_plugin.layers import find_decoder_layers
 
     test_file, root = world["test"], Path(config.output_dir)
-    settings: dict[str, Any] = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens)
+    settings = generation_settings(config)
+    sizes: dict[str, Any] = dict(batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)
     rows: list[DemoRow] = []
     perception: list[Perception] = []
     for name in [name for name in outputs if name not in ("vift", "baseline")]:
         model, processor = load_model(str(outputs[name]), dtype="float32")
-        perception.append(measure_perception(name, model, processor, world, **settings))
+        perception.append(measure_perception(name, model, processor, world, **sizes))
     model, processor = load_model(str(outputs["vift"]), dtype="float32")
-    described = caption_test_pictures(model, processor, world, **settings)
-    perception.append(measure_perception("vift", model, processor, world, captioned=described, **settings))
+    described = caption_test_pictures(model, processor, world, **sizes)
+    perception.append(measure_perception("vift", model, processor, world, captioned=described, **sizes))
     num_layers = len(find_decoder_layers(model))
     fixed = FusionConfig(alpha=config.alpha, beta=config.beta)
     modes = ("plain", "fused", "cascade")
-    result = evaluate(model, processor, test_file, modes, fusion=fixed, describe_request=CAPTION_REQUEST, **settings)
+    result = evaluate(
+        model, processor, test_file, modes, fusion=fixed, settings=settings, describe_request=CAPTION_REQUEST
+    )
     write_results(result, root / "eval-vift")
     rows.append(DemoRow("vift-plain", VIFT, "plain", _with_leading(result, "plain"), result.predictions("plain")))
     label = _fused_label(fixed, num_layers, "fixed")
@@ -313,7 +321,7 @@ def evaluate_stages(
         chosen = sweep_fusion(config, model, processor, world["dev"], num_layers).best_config
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"beta=.* > 0\.4")
-            swept = evaluate(model, processor, test_file, ("fused",), fusion=chosen, **settings)
+            swept = evaluate(model, processor, test_file, ("fused",), fusion=chosen, settings=settings)
         write_results(swept, root / "eval-vift-swept")
         label = _fused_label(chosen, num_layers, "swept on dev")
         rows.append(DemoRow("vift-swept", VIFT, label, _with_leading(swept, "fused"), swept.predictions("fused")))
@@ -328,7 +336,7 @@ def evaluate_stages(
     if "baseline" in outputs:
         model, processor = load_model(str(outputs["baseline"]), dtype="float32")
         perception.append(measure_perception("baseline", model, processor, world))
-        result = evaluate(model, processor, test_file, ("plain",), **settings)
+        result = evaluate(model, processor, test_file, ("plain",), settings=settings)
         write_results(result, root / "eval-baseline")
         rows.append(DemoRow("baseline", BASELINE, "plain", _with_leading(result, "plain"), result.predictions("plain")))
     test = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines()]

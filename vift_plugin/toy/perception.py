@@ -79,7 +79,7 @@ def caption_test_pictures(
 ) -> Any:
     """The ``EvalResult`` of captioning the first ``pictures`` test pictures (all when None) under the caption
     request, scored against their captions (whole output, no answer marker)."""
-    from vift_plugin.evaluation import evaluate
+    from vift_plugin.evaluation import GenerationSettings, evaluate
 
     with open(world["test"], encoding="utf-8") as handle:
         test = [json.loads(line) for line in itertools.islice(handle, pictures)]
@@ -89,11 +89,10 @@ def caption_test_pictures(
         processor,
         items,
         ("plain",),
-        answer_markers=None,
+        settings=GenerationSettings(
+            batch_size=batch_size, max_new_tokens=max_new_tokens, answer_markers=None, progress=False
+        ),
         image_root=world["test"].parent,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        progress=False,
     )
 
 
