@@ -48,11 +48,13 @@ def test_fused_generate_example(checkpoint_dir: Any, family: str) -> None:
     assert "plain:" in stdout and "fused:" in stdout
 
 
+@pytest.mark.slow
 def test_fusion_benchmark_runs_and_prints_ratios() -> None:
     stdout = run_script("benchmarks/bench_fusion.py", "--repeats", "1", "--new-tokens", "4")
     assert "ratios: live" in stdout and "official" in stdout
 
 
+@pytest.mark.slow
 def test_data_benchmark_runs_and_prints_figures() -> None:
     stdout = run_script(
         "benchmarks/bench_data.py", "--rows", "2000", "--captions", "6000", "--texts", "1000", "--batch-size", "4"
@@ -63,6 +65,7 @@ def test_data_benchmark_runs_and_prints_figures() -> None:
     assert float(default.group(1)) <= 5.0 and default.group(2) == "0", "<= 5% padding, no mixed step"
 
 
+@pytest.mark.slow
 def test_training_benchmark_runs_lora_and_qlora() -> None:
     stdout = run_script("benchmarks/bench_train.py", "--size", "small", "--steps", "1", "--tokens", "400")
     rows = [line.split() for line in stdout.splitlines() if line.startswith("small ")]
@@ -81,6 +84,7 @@ TRAIN_RUNS = [
 ]
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize(("script", "family", "extra", "connector"), TRAIN_RUNS)
 def test_train_lora_example(
     checkpoint_dir: Any, tmp_path: Path, script: str, family: str, extra: list[str], connector: str

@@ -11,8 +11,17 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from tests.conftest import conversation, encode
-from vift_plugin import FusionConfig, disable_vift, enable_vift, find_decoder_layers, fusion_config, vift_fusion
+from vift_plugin import (
+    FusionConfig,
+    count_fusion_passes,
+    disable_vift,
+    enable_vift,
+    find_decoder_layers,
+    fusion_config,
+    vift_fusion,
+)
 from vift_plugin.alignment import align_by_removal
+from vift_plugin.fusion import FusionStats
 
 GREEDY: dict[str, Any] = dict(max_new_tokens=4, do_sample=False)
 SCORES: dict[str, Any] = dict(GREEDY, output_scores=True, return_dict_in_generate=True)
@@ -264,20 +273,17 @@ def test_text_cache_serves_one_question_over_many_images(tiny: tuple[Any, Any]) 
     enable_vift(model, processor=processor, beta=0.3)
     uncached = first_scores(model, batch)
     enable_vift(model, processor=processor, beta=0.3, text_cache_size=8)
-    handle = model._vift_handle
-    text_passes: list[int] = []
-    original = handle._capture
-
-    def counting(generate: Any, inputs: dict[str, Any], layers: set[int]) -> Any:
-        text_passes.append(int(inputs["input_ids"].shape[0]))
-        return original(generate, inputs, layers)
-
-    handle._capture = counting  # type: ignore[method-assign]
-    torch.testing.assert_close(first_scores(model, batch), uncached, atol=1e-5, rtol=1e-5)
-    assert text_passes == [1], "identical questions share one text-only row"
-    torch.testing.assert_close(first_scores(model, batch), uncached, atol=1e-5, rtol=1e-5)
-    assert text_passes == [1], "the second call is served from the cache"
-    assert len(handle.text_cache) == 1
+    layers = len(FusionConfig().resolve_layers(len(find_decoder_layers(model))))
+    with count_fusion_passes() as stats:
+        torch.testing.assert_close(first_scores(model, batch), uncached, atol=1e-5, rtol=1e-5)
+        # identical questions share one text-only row
+        assert stats == FusionStats(fused_calls=1, text_passes=1, text_rows=1, captured_layers=layers)
+        torch.testing.assert_close(first_scores(model, batch), uncached, atol=1e-5, rtol=1e-5)
+        # the second call is served from the cache
+        assert stats == FusionStats(fused_calls=2, text_passes=1, text_rows=1, cached_rows=1, captured_layers=layers)
+    assert len(model._vift_handle.text_cache) == 1
+    first_scores(model, batch)
+    assert stats.fused_calls == 2, "the counter stops at the end of the block"
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava", "gemma3"])
@@ -291,8 +297,10 @@ def test_official_mode_runs_the_vision_encoder_once(tiny: tuple[Any, Any]) -> No
     assert len(calls) == 1
     enable_vift(model, processor=processor, mode="official", alpha=0.8, beta=0.2)
     calls.clear()
-    model.generate(**batch, **GREEDY)
+    with count_fusion_passes() as stats:
+        model.generate(**batch, **GREEDY)
     assert len(calls) == 1
+    assert (stats.fused_calls, stats.text_passes, stats.unfused_passes) == (1, 1, 1)
 
 
 def test_text_only_inputs_generate_plainly(tiny: tuple[Any, Any]) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a whole dry run of the GPU check, and the script in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 STEPS = ["env", "pytest_gpu", "fused_generate", "bench_fusion", "train_2b_lora", "demo_quick", "train_7b_qlora"]

@@ -13,7 +13,14 @@ from vift_plugin._version import __version__
 if TYPE_CHECKING:
     from vift_plugin.cascade import CascadeAnswer, cascade_generate
     from vift_plugin.config import FusionConfig
-    from vift_plugin.fusion import FusionGenerationMixin, disable_vift, enable_vift, fusion_config, vift_fusion
+    from vift_plugin.fusion import (
+        FusionGenerationMixin,
+        count_fusion_passes,
+        disable_vift,
+        enable_vift,
+        fusion_config,
+        vift_fusion,
+    )
     from vift_plugin.layers import find_decoder_layers
     from vift_plugin.loading import load_vift
     from vift_plugin.processors import load_processor
@@ -23,6 +30,7 @@ _WHERE = {
     "cascade_generate": "vift_plugin.cascade",
     "FusionConfig": "vift_plugin.config",
     "FusionGenerationMixin": "vift_plugin.fusion",
+    "count_fusion_passes": "vift_plugin.fusion",
     "disable_vift": "vift_plugin.fusion",
     "enable_vift": "vift_plugin.fusion",
     "find_decoder_layers": "vift_plugin.layers",
@@ -38,6 +46,7 @@ __all__ = [
     "FusionGenerationMixin",
     "__version__",
     "cascade_generate",
+    "count_fusion_passes",
     "disable_vift",
     "enable_vift",
     "find_decoder_layers",

@@ -49,6 +49,44 @@ class _Pass:
     mm_states: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class FusionStats:
+    """What fused ``generate`` calls cost beyond a plain call, counted by :func:`count_fusion_passes`.
+
+    ``text_passes`` text-only prefills encoded ``text_rows`` prompts (identical prompts of a batch
+    once); ``cached_rows`` prompts came from the text cache instead. ``unfused_passes`` are the extra
+    multimodal prefills of ``mode="official"`` with ``alpha != 1``. ``captured_layers`` sums the decoder
+    layers each of those passes kept inputs of.
+    """
+
+    fused_calls: int = 0
+    text_passes: int = 0
+    text_rows: int = 0
+    cached_rows: int = 0
+    unfused_passes: int = 0
+    captured_layers: int = 0
+
+
+_COUNTERS: list[FusionStats] = []
+
+
+@contextmanager
+def count_fusion_passes() -> Iterator[FusionStats]:
+    """Count, in the yielded ``FusionStats``, every fused ``generate`` call of this process inside the block."""
+    stats = FusionStats()
+    _COUNTERS.append(stats)
+    try:
+        yield stats
+    finally:
+        _COUNTERS[:] = [counter for counter in _COUNTERS if counter is not stats]
+
+
+def _count(**amounts: int) -> None:
+    for counter in _COUNTERS:
+        for name, amount in amounts.items():
+            setattr(counter, name, getattr(counter, name) + amount)
+
+
 def _expand(rows: torch.Tensor, positions: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows and positions after ``generate`` repeated each row ``factor`` times (beams, samples)."""
     if factor == 1:
@@ -164,6 +202,7 @@ class FusionHandle:
                 results[key] = self.text_cache[key]
         unique = dict(zip(keys, rows, strict=True))
         pending = [key for key in unique if key not in results]
+        _count(cached_rows=len(unique) - len(pending))
         if pending:
             batch_rows = [unique[key] for key in pending]
             length = max(int(r["input_ids"].numel()) for r in batch_rows)
@@ -179,6 +218,7 @@ class FusionHandle:
                 [_left_pad(torch.ones_like(r["input_ids"]), length, 0) for r in batch_rows]
             ).to(device)
             captured = self._capture(generate, batch, layers)
+            _count(text_passes=1, text_rows=len(pending), captured_layers=len(layers))
             for i, (key, row) in enumerate(zip(pending, batch_rows, strict=True)):
                 n = int(row["input_ids"].numel())
                 results[key] = {layer: captured[layer][i, length - n :] for layer in layers}
@@ -203,6 +243,7 @@ class FusionHandle:
             alignment = align_by_suffix(kwargs, dict(text_inputs), self.image_ids, config.tokens)
         if alignment.num_pairs == 0:
             return generate(*args, **kwargs)
+        _count(fused_calls=1)
         layers = set(config.resolve_layers(len(self.layers)))
         used = sorted(set(alignment.batch_index.tolist()))
         states = self._text_states(generate, [alignment.text_rows[b] for b in used], layers, input_ids.device)
@@ -223,6 +264,7 @@ class FusionHandle:
             if needs_unfused:
                 model_inputs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
                 unfused = self._capture(generate, model_inputs, layers)
+                _count(unfused_passes=1, captured_layers=len(layers))
                 for layer in layers:
                     state.mm_states[layer] = unfused[layer][alignment.batch_index, alignment.mm_position]
             self.active = state

@@ -11,6 +11,8 @@ import pytest
 from vift_plugin import FusionConfig
 from vift_plugin.cli import main
 
+pytestmark = pytest.mark.slow  # every test reads one `vift demo --quick` run
+
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -21,6 +21,8 @@ import pytest
 from vift_plugin.testing import make_tiny_checkpoint
 from vift_plugin.testing.records import write_toy_records
 
+pytestmark = pytest.mark.slow  # two training processes
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "training" / "ddp_train.py"
 WORLD_SIZE, BATCH_SIZE, GRAD_ACCUM, MAX_STEPS = 2, 2, 2, 6

@@ -49,6 +49,7 @@ def trained_weights(trainer: ViFTTrainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("family", "mode"), CASES, ids=[f"{f}-{m}" for f, m in CASES])
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(
     family: str, mode: str, checkpoint_dir: Any, toy: ToyData, tmp_path: Path, caplog: pytest.LogCaptureFixture

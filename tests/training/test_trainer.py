@@ -172,6 +172,7 @@ def trained(
     return TrainedRun(family, stage, trainer, before, loss_before, dataset_loss(trainer))
 
 
+@pytest.mark.slow
 def test_stage_reduces_the_loss(trained: TrainedRun) -> None:
     losses = [entry["loss"] for entry in train_losses(trained.trainer)]
     assert len(losses) == trained.trainer.args.max_steps
@@ -182,6 +183,7 @@ def test_stage_reduces_the_loss(trained: TrainedRun) -> None:
     assert trained.loss_after < trained.loss_before - 2 * margin, (trained.loss_before, trained.loss_after)
 
 
+@pytest.mark.slow
 def test_exactly_the_trainable_parameters_change(trained: TrainedRun) -> None:
     model = trained.trainer.model
     assert model is not None
@@ -591,6 +593,7 @@ def resumed_runs(checkpoint_dir: Any, toy: ToyData, tmp_path_factory: pytest.Tem
     )
 
 
+@pytest.mark.slow
 def test_resumed_run_sees_exactly_the_unseen_samples(resumed_runs: ResumedRuns) -> None:
     runs = resumed_runs
     assert runs.checkpoint.is_dir() and (runs.checkpoint / "trainer_state.json").is_file()
@@ -606,6 +609,7 @@ def test_resumed_run_sees_exactly_the_unseen_samples(resumed_runs: ResumedRuns) 
     assert steps[5:8] != steps[0:3]
 
 
+@pytest.mark.slow
 def test_resumed_run_restores_the_adapters(resumed_runs: ResumedRuns) -> None:
     runs = resumed_runs
     assert runs.stopped.model is not None
@@ -624,6 +628,7 @@ def test_resumed_run_restores_the_adapters(resumed_runs: ResumedRuns) -> None:
     assert resumed[5] == by_step[5]
 
 
+@pytest.mark.slow
 def test_resumed_run_restores_every_trained_weight(resumed_runs: ResumedRuns) -> None:
     runs = resumed_runs
     assert runs.stopped.model is not None and runs.full.model is not None and runs.resumed.model is not None
