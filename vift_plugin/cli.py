@@ -34,6 +34,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.config:
         print("vift train: give a CONFIG.yaml (see examples/configs/)", file=sys.stderr)
         return 2
+    from vift_plugin.training.distributed import cpu_launch_warning
+
+    warning = cpu_launch_warning()
+    if warning:
+        print(f"vift train: warning: {warning}", file=sys.stderr)
     stages = plan_stages(load_config(args.config), args.flags, args.stage)
     parsed = [(name, parse_stage(argv)) for name, argv in stages]
     for name, (model_args, data_args, training_args) in parsed:

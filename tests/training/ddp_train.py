@@ -1,9 +1,14 @@
 """Train a tiny model with ``ViFTTrainer`` on 2 CPU ranks and log every micro-batch each rank trains on.
 
-Run by ``tests/training/test_distributed.py`` as::
+Run by ``tests/training/test_distributed.py`` (plain DDP) as::
 
     python -m torch.distributed.run --nproc_per_node 2 tests/training/ddp_train.py \
         --checkpoint CKPT --captions captions.jsonl --texts text.jsonl --image-root ROOT --out OUT
+
+and by ``tests/training/test_sharded.py`` under sharded engines (``--engine``): ``fsdp2`` when launched
+by ``accelerate launch --config_file examples/accelerate/fsdp2.yaml``, ``zero2``/``zero3`` (the JSONs in
+``examples/deepspeed/``) under torchrun with ``deepspeed`` installed. See :func:`engine_arguments` for
+what running those engines on CPU takes.
 
 Each rank writes ``OUT/batches-rank{rank}.jsonl`` (one line per micro-batch passed to
 ``training_step``, in order: rank, index, the trainer's global step at that moment, modality, row ids)
@@ -24,11 +29,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from transformers import set_seed
 
 from vift_plugin.data.collator import ViFTDataCollator
 from vift_plugin.training import DataArguments, ModelArguments, ViFTTrainer, ViFTTrainingArguments
 from vift_plugin.training.model import load_model_and_processor
+from vift_plugin.training.roles import parameters_by_role
 from vift_plugin.training.run import build_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class RecordingCollator:
@@ -73,6 +82,47 @@ class RecordingTrainer(ViFTTrainer):
         self.log_handle.close()
 
 
+def engine_arguments(engine: str) -> dict[str, Any]:
+    """``ViFTTrainingArguments`` fields for ``engine``, after setting up accelerate's state for it.
+
+    ``ddp`` is what users get on CPU (``use_cpu`` and gloo). The sharded engines are GPU-only in
+    accelerate: with ``use_cpu`` it builds a ``MULTI_CPU`` state, on which it applies neither FSDP nor
+    DeepSpeed. To run their real code paths (accelerate's FSDP2 plugin, transformers' DeepSpeed
+    integration, ViFTTrainer on top) on CPU, the test pre-builds the process state over gloo and hands
+    it to the trainer (``use_configured_state``): for FSDP2 relabelled as a multi-GPU state, for which
+    accelerate turns on the FSDP plugin its launcher configured from the YAML; for DeepSpeed with
+    ``ACCELERATE_USE_DEEPSPEED`` set, so that ``deepspeed.comm`` is initialized with gloo and its CPU
+    accelerator. Only the test does this; users run these engines on GPUs.
+    """
+    if engine == "ddp":
+        return {"use_cpu": True, "ddp_backend": "gloo"}
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    configured = {"use_cpu": False, "accelerator_config": {"use_configured_state": True}}
+    if engine == "fsdp2":
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
+            raise SystemExit("--engine fsdp2 needs accelerate launch --config_file examples/accelerate/fsdp2.yaml")
+        state = PartialState(backend="gloo")
+        state.distributed_type = DistributedType.MULTI_GPU
+        return configured
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    return {**configured, "deepspeed": str(ROOT / "examples" / "deepspeed" / f"{engine}.json")}
+
+
+def sharding(model: Any) -> dict[str, int]:
+    """How many parameters are sharded: FSDP2 DTensors and ZeRO-3 partitions (``ds_id``), of all."""
+    from torch.distributed.tensor import DTensor
+
+    parameters = list(model.parameters())
+    return {
+        "parameters": len(parameters),
+        "dtensor": sum(isinstance(p, DTensor) for p in parameters),
+        "zero3_partitioned": sum(hasattr(p, "ds_id") for p in parameters),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="tiny checkpoint folder")
@@ -84,6 +134,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=["ddp", "fsdp2", "zero2", "zero3"], default="ddp")
+    parser.add_argument("--no-group-by-modality", action="store_true", help="transformers' random sampler")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="0 makes engines comparable step by step")
+    parser.add_argument("--optim", default="adamw_torch", help="sgd with --max-grad-norm 0 compares raw gradients")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--save", action="store_true", help="save_model() at the end, as vift train does")
     cli = parser.parse_args()
 
     out = Path(cli.out)
@@ -94,11 +150,13 @@ def main() -> None:
         gradient_accumulation_steps=cli.grad_accum,
         max_steps=cli.max_steps,
         learning_rate=1e-3,
+        optim=cli.optim,
+        max_grad_norm=cli.max_grad_norm,
         use_lora=True,
         lora_r=4,
         lora_alpha=8,
-        use_cpu=True,
-        ddp_backend="gloo",
+        lora_dropout=cli.lora_dropout,
+        group_by_modality=not cli.no_group_by_modality,
         report_to=[],
         save_strategy="no",
         logging_steps=1,
@@ -106,10 +164,12 @@ def main() -> None:
         image_root=cli.image_root,
         seed=cli.seed,
         disable_tqdm=True,
+        **engine_arguments(cli.engine),
     )
     model_args = ModelArguments(model_name_or_path=cli.checkpoint, dtype="float32")
     data_args = DataArguments(caption_files=[cli.captions], text_files=[cli.texts])
 
+    set_seed(cli.seed)  # the LoRA A matrices are drawn at load: the same on every rank and in every engine
     model, processor = load_model_and_processor(model_args, args)
     with args.main_process_first(desc="building the training set"):
         dataset = build_dataset(data_args, processor, args)
@@ -126,8 +186,16 @@ def main() -> None:
     )
     result = trainer.train()
     trainer.close_log()
+    if cli.save:
+        trainer.save_model()
     summary = {
         "rank": rank,
+        "engine": cli.engine,
+        "distributed_type": str(trainer.accelerator.distributed_type.value),
+        "sharding": sharding(trainer.model_wrapped),
+        "trainable_roles": sorted(
+            str(role) for role, named in parameters_by_role(model).items() if any(p.requires_grad for _, p in named)
+        ),
         "world_size": args.world_size,
         "dist_world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
         "global_step": trainer.state.global_step,
@@ -140,6 +208,11 @@ def main() -> None:
             {k: v for k, v in entry.items() if k in ("step", "loss", "loss_image", "loss_text")}
             for entry in trainer.state.log_history
             if "loss" in entry
+        ],
+        "learning_rates": [
+            {k: v for k, v in entry.items() if k.startswith("learning_rate")}
+            for entry in trainer.state.log_history
+            if "learning_rate" in entry
         ],
     }
     (out / f"summary-rank{rank}.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 
 from vift_plugin.config import FusionConfig
 from vift_plugin.data.sampler import Remainder, check_remainder
+from vift_plugin.training.distributed import check_world_size, single_process_backend
 
 LORA_LAYER_CHOICES = "'all', 'intermediate' (the middle half of the decoder layers) or 'START-END' (0-based, inclusive)"
 
@@ -149,7 +150,12 @@ class ViFTTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        # accelerate 1.15 crashes on a ddp_backend in a single process (vift_plugin.training.distributed)
+        self.ddp_backend = single_process_backend(self.ddp_backend)
         super().__post_init__()
+        state = getattr(self, "distributed_state", None)
+        kind = getattr(getattr(state, "distributed_type", None), "value", None)
+        check_world_size(self.world_size, self.use_cpu, None if kind is None else str(kind))
         self.remainder = check_remainder(self.remainder)
         if isinstance(self.lora_target, str):
             self.lora_target = [self.lora_target]

@@ -127,7 +127,9 @@ def track_step_learning_rates(optimizer: Any) -> None:
         return
 
     def record(stepped: Any, args: Any, kwargs: Any) -> None:
-        setattr(stepped, STEP_RATES_ATTRIBUTE, learning_rate_logs(stepped.param_groups))
+        # merged, not replaced: DeepSpeed ZeRO-1/2 steps the optimizer once per group, showing it one group at a time
+        earlier = getattr(stepped, STEP_RATES_ATTRIBUTE, None) or {}
+        setattr(stepped, STEP_RATES_ATTRIBUTE, {**earlier, **learning_rate_logs(stepped.param_groups)})
 
     register(record)
 
@@ -142,7 +144,13 @@ def logged_learning_rates(optimizer: Any, logged_rate: float | None) -> dict[str
     """
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
     current = learning_rate_logs(inner.param_groups)
-    stepped: dict[str, float] | None = getattr(inner, STEP_RATES_ATTRIBUTE, None)
+    stepped: dict[str, float] | None = None
+    wrapper: Any = optimizer
+    for _ in range(8):  # DeepSpeed adds layers (AcceleratedOptimizer > DeepSpeedOptimizerWrapper > ZeRO > ours)
+        stepped = getattr(wrapper, STEP_RATES_ATTRIBUTE, None)
+        if stepped is not None or getattr(wrapper, "optimizer", None) is None:
+            break
+        wrapper = wrapper.optimizer
     if not stepped:
         return current
     first = inner.param_groups[0].get("role") if inner.param_groups else None

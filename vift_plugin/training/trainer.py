@@ -16,6 +16,7 @@ from vift_plugin.fusion import IMAGE_INPUT_KEYS
 from vift_plugin.loading import load_trainable_weights, save_trainable_weights
 from vift_plugin.training.arguments import ViFTTrainingArguments
 from vift_plugin.training.checkpoints import load_full_weights, resolve_resume, save_failure, set_aside
+from vift_plugin.training.distributed import fsdp_off_warning
 from vift_plugin.training.roles import (
     ROLES,
     check_modalities_train,
@@ -60,6 +61,9 @@ class ViFTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, ViFTTrainingArguments):
             raise TypeError(f"ViFTTrainer needs ViFTTrainingArguments, got {type(self.args).__name__}.")
+        unsharded = fsdp_off_warning(self.args, self.is_fsdp_enabled)
+        if unsharded and self.is_world_process_zero():
+            logger.warning(unsharded)
         self._modality_losses: dict[str, list[torch.Tensor]] = defaultdict(list)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
