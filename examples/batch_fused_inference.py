@@ -33,7 +33,7 @@ from transformers import AutoModelForImageTextToText
 from vift_plugin import FusionConfig, enable_vift, fusion_config, load_processor
 from vift_plugin.config import FUSION_CONFIG_NAME
 from vift_plugin.data import load_image
-from vift_plugin.data.files import atomic_output
+from vift_plugin.data.writers import atomic_output
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_QUESTIONS = ["What colour is the shape?", "What shape is in the picture?"]

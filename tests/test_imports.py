@@ -12,7 +12,7 @@ from pathlib import Path
 import vift_plugin
 
 PACKAGE = Path(vift_plugin.__file__).parent
-MAX_LINES = 500
+MAX_LINES = 450
 
 
 def module_names() -> dict[str, Path]:
@@ -93,9 +93,11 @@ def test_no_import_cycle_between_plugin_modules() -> None:
     assert cycles(graph) == []
 
 
-def test_the_io_layer_imports_nothing_of_the_plugin() -> None:
+def test_the_io_layer_imports_nothing_of_the_plugin_above_it() -> None:
+    """The readers import nothing of ours; the writers only the readers (for ``file_kind``)."""
     known = module_names()
     assert imported("vift_plugin.data.files", known["vift_plugin.data.files"], known) == set()
+    assert imported("vift_plugin.data.writers", known["vift_plugin.data.writers"], known) == {"vift_plugin.data.files"}
 
 
 def test_no_library_module_is_over_the_size_limit() -> None:

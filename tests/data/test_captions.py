@@ -22,8 +22,8 @@ from vift_plugin.data import (
     convert_captions,
     read_caption_rows,
 )
-from vift_plugin.data.files import RecordWriter
 from vift_plugin.data.queries import BRIEF_QUERIES, DETAILED_QUERIES
+from vift_plugin.data.writers import RecordWriter
 
 CAPTIONS = {"a": "A red square on a white background.", "b": "Two blue circles.", "c": "A green triangle."}
 LONG_CAPTION = " ".join(["word"] * 40)

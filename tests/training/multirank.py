@@ -1,6 +1,6 @@
 """Helpers for the tests that launch two training processes on CPU (gloo): ports, environment, logs.
 
-Not a test module: imported by ``test_sharded.py`` and ``test_launchers.py``.
+Not a test module: imported by ``test_distributed.py``, ``test_sharded.py`` and ``test_launchers.py``.
 """
 
 from __future__ import annotations

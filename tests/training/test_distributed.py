@@ -8,38 +8,22 @@ micro-batch. Select it with ``pytest -k distributed``.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.training.multirank import launch, read_jsonl, torchrun
 from vift_plugin.testing import make_tiny_checkpoint
 from vift_plugin.testing.records import write_toy_records
 
 pytestmark = pytest.mark.slow  # two training processes
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tests" / "training" / "ddp_train.py"
+SCRIPT = Path(__file__).resolve().parent / "ddp_train.py"
 WORLD_SIZE, BATCH_SIZE, GRAD_ACCUM, MAX_STEPS = 2, 2, 2, 6
 STEP_SIZE = WORLD_SIZE * BATCH_SIZE * GRAD_ACCUM  # samples per optimizer step, all ranks together
 # 36 captions -> 4 image steps (4 left out), 20 texts -> 2 text steps (4 left out): one epoch of 6 steps.
 CAPTIONS, TEXTS = 36, 20
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -49,53 +33,36 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     checkpoint = make_tiny_checkpoint("qwen2_vl", tmp / "checkpoint")
     captions, texts = write_toy_records(tmp / "records", captions=CAPTIONS, texts=TEXTS)
     out = tmp / "out"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(tmp / "hf_datasets"),
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(WORLD_SIZE),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(SCRIPT),
-        "--checkpoint",
-        str(checkpoint),
-        "--captions",
-        str(captions),
-        "--texts",
-        str(texts),
-        "--image-root",
-        str(captions.parent),
-        "--out",
-        str(out),
-        "--max-steps",
-        str(MAX_STEPS),
-        "--batch-size",
-        str(BATCH_SIZE),
-        "--grad-accum",
-        str(GRAD_ACCUM),
-    ]
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"the 2-rank run did not finish in 300 s (a hang?); stderr tail:\n{str(error.stderr)[-3000:]}")
-    elapsed = time.perf_counter() - start
-    assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-4000:]}"
+    command = torchrun(
+        [
+            str(SCRIPT),
+            "--checkpoint",
+            str(checkpoint),
+            "--captions",
+            str(captions),
+            "--texts",
+            str(texts),
+            "--image-root",
+            str(captions.parent),
+            "--out",
+            str(out),
+            "--max-steps",
+            str(MAX_STEPS),
+            "--batch-size",
+            str(BATCH_SIZE),
+            "--grad-accum",
+            str(GRAD_ACCUM),
+        ],
+        processes=WORLD_SIZE,
+    )
+    run = launch(command, tmp, timeout=300)
+    if run.timed_out:
+        pytest.fail(f"the 2-rank run did not finish in 300 s (a hang?); {run.tail(3000)}")
+    assert run.returncode == 0, f"torchrun {run.tail()}"
     return {
         "batches": [read_jsonl(out / f"batches-rank{rank}.jsonl") for rank in range(WORLD_SIZE)],
         "summaries": [json.loads((out / f"summary-rank{rank}.json").read_text()) for rank in range(WORLD_SIZE)],
-        "seconds": elapsed,
+        "seconds": run.seconds,
     }
 
 

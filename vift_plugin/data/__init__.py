@@ -10,14 +10,8 @@ from typing import TYPE_CHECKING
 from vift_plugin._lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from vift_plugin.data.captions import (
-        CAPTION_READERS,
-        captions_to_messages,
-        convert_caption_file,
-        convert_captions,
-        read_caption_rows,
-        register_caption_format,
-    )
+    from vift_plugin.data.caption_formats import CAPTION_READERS, read_caption_rows, register_caption_format
+    from vift_plugin.data.captions import captions_to_messages, convert_caption_file, convert_captions
     from vift_plugin.data.collator import ViFTDataCollator
     from vift_plugin.data.files import ImageError, RowError
     from vift_plugin.data.images import check_images, load_image
@@ -28,7 +22,7 @@ if TYPE_CHECKING:
     from vift_plugin.data.sampler import ModalityGroupedBatchSampler, ModalityGroupedSampler
 
 _WHERE = {
-    "CAPTION_READERS": "vift_plugin.data.captions",
+    "CAPTION_READERS": "vift_plugin.data.caption_formats",
     "ConversionReport": "vift_plugin.data.report",
     "ImageError": "vift_plugin.data.files",
     "ModalityGroupedBatchSampler": "vift_plugin.data.sampler",
@@ -46,8 +40,8 @@ _WHERE = {
     "instructions_to_messages": "vift_plugin.data.instructions",
     "load_image": "vift_plugin.data.images",
     "mix_datasets": "vift_plugin.data.mixing",
-    "read_caption_rows": "vift_plugin.data.captions",
-    "register_caption_format": "vift_plugin.data.captions",
+    "read_caption_rows": "vift_plugin.data.caption_formats",
+    "register_caption_format": "vift_plugin.data.caption_formats",
 }
 
 __all__ = [

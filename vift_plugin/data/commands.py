@@ -75,7 +75,7 @@ def check_distinct_paths(**paths: str | None) -> None:
 def save_dataset(dataset: Any, output: str, overwrite: bool = False) -> None:
     """``.jsonl``/``.json``: records written atomically; anything else: a ``save_to_disk`` folder, atomically.
     A folder ``output`` that exists is replaced only when it is a dataset folder or ``overwrite`` is set."""
-    from vift_plugin.data.files import RecordWriter, dump_columns, remove_stale_partials
+    from vift_plugin.data.writers import RecordWriter, dump_columns, remove_stale_partials
 
     check_output_folder(output, overwrite)
     if _is_record_file(output):
@@ -202,7 +202,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
 
 
 def _cmd_formats(args: argparse.Namespace) -> int:
-    from vift_plugin.data.captions import CAPTION_READERS
+    from vift_plugin.data.caption_formats import CAPTION_READERS
 
     print("caption inputs (vift convert captions --format NAME):")
     for name, (_, description) in sorted(CAPTION_READERS.items()):

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from vift_plugin.data.files import RecordWriter
+from vift_plugin.data.writers import RecordWriter
 
 
 def chunked(lines: Iterable[str], size: int = 4096) -> Iterator[list[str]]:

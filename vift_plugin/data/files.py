@@ -1,32 +1,22 @@
-"""Streaming row readers for JSON/JSONL/CSV/TSV/Parquet and atomic writers for JSON/JSONL outputs.
+"""Streaming row readers for JSON/JSONL/CSV/TSV/Parquet: the bottom of the data layer (imports nothing of ours).
 
 Every row carries its location (``file:row``) so a bad row can be named in an error or in the
-rejects file. Outputs are written to a temporary sibling and renamed into place only when complete,
-so a crash never leaves a truncated file under the final name.
+rejects file. Writing outputs whole is :mod:`.writers`' job.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
-import re
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-logger = logging.getLogger(__name__)
-
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 _CHUNK = 1 << 20
 MAX_CSV_FIELD = 1 << 20
 """The longest CSV/TSV field read (1 MiB): a longer one is almost always an unclosed quote eating the rows after it."""
 _REENCODE = "re-encode the file as UTF-8 (e.g. iconv -f cp1252 -t utf-8 IN > OUT)"
-_TEMPORARY_PART = "[a-z0-9_]{8}"  # the random part of a ``tempfile`` name
 
 
 class ImageError(ValueError):
@@ -373,96 +363,3 @@ def _iter_parquet(name: str) -> Iterator[tuple[str, Any]]:
         for row in rows:
             yield f"{name}:{index}", row
             index += 1
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def remove_stale_partials(target: Path) -> None:
-    """Delete what an interrupted write of ``target`` left beside it, logging each removal.
-
-    :func:`atomic_output` and ``save_dataset`` write to ``.<name>.XXXXXXXX.partial`` siblings (files and
-    folders) and delete them on failure, but a SIGKILL or a power cut skips that, and the hidden leftovers
-    pile up (a dataset folder's can be gigabytes). Only that exact pattern for this ``target`` is removed;
-    another output's temporaries (``.<name>.rejects.jsonl.XXXXXXXX.partial``) and anything else are kept.
-    Two runs writing the same output at once are not supported: the last rename would win anyway.
-    """
-    pattern = re.compile(re.escape(f".{target.name}.") + _TEMPORARY_PART + re.escape(".partial"))
-    if not target.parent.is_dir():
-        return
-    for entry in os.scandir(target.parent):
-        if not pattern.fullmatch(entry.name):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
-        logger.warning("removed %s, left behind by an interrupted write of %s", entry.path, target)
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
-    """A text handle on a temporary sibling of ``path``, renamed to ``path`` only on success.
-
-    An existing ``path`` stays as it was until the new contents are complete (like ``cp`` or ``sort -o``).
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(target)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-class RecordWriter:
-    """Writes pre-serialised JSON records as JSONL, or as one JSON array (``.json``), atomically."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        kind = file_kind(path)
-        if kind not in ("json", "jsonl"):
-            raise ValueError(f"Output {path} must end in .jsonl or .json.")
-        self.array = kind == "json"
-        self.count = 0
-        self._context = atomic_output(path)
-        self._handle: IO[str] | None = None
-
-    def __enter__(self) -> RecordWriter:
-        self._handle = self._context.__enter__()
-        if self.array:
-            self._handle.write("[")
-        return self
-
-    def write(self, serialised: Iterable[str]) -> None:
-        assert self._handle is not None, "use RecordWriter as a context manager"
-        lines = list(serialised)
-        if not lines:
-            return
-        if self.array:
-            self._handle.write(("\n" if self.count == 0 else ",\n") + ",\n".join(lines))
-        else:
-            self._handle.write("\n".join(lines) + "\n")
-        self.count += len(lines)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._handle is not None and exc[0] is None and self.array:
-            self._handle.write("\n]\n")
-        self._context.__exit__(*exc)
-
-
-def dump_columns(columns: dict[str, list[Any]]) -> Iterator[str]:
-    """One JSON line per row of a column dict (what a batched ``map`` function returns)."""
-    keys = list(columns)
-    for values in zip(*columns.values(), strict=True):
-        yield json.dumps(dict(zip(keys, values, strict=True)), ensure_ascii=False)

@@ -13,9 +13,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from vift_plugin.data.files import RowError, dump_columns, iter_rows
+from vift_plugin.data.files import RowError, iter_rows
 from vift_plugin.data.report import ConversionReport, convert_stream
 from vift_plugin.data.schema import LLAVA_IMAGE_TOKEN, OutputFormat, check_output_format, record, text_part
+from vift_plugin.data.writers import dump_columns
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 SHAREGPT_ROLES |= {"chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vift_plugin.data.files import RecordWriter, RowError, atomic_output
+from vift_plugin.data.files import RowError
+from vift_plugin.data.writers import RecordWriter, atomic_output
 
 Transform = Callable[[dict[str, list[Any]], list[int], list[str], list[dict[str, Any]]], Iterable[str]]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from vift_plugin.cascade import DEFAULT_DESCRIBE_REQUEST
 from vift_plugin.config import FusionConfig
-from vift_plugin.data.files import atomic_output
+from vift_plugin.data.writers import atomic_output
 from vift_plugin.evaluation.answers import DEFAULT_MARKERS
 from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items
 from vift_plugin.evaluation.runner import cascade_answers, generate_answers

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vift_plugin.config import FusionConfig
-from vift_plugin.data.files import atomic_output
+from vift_plugin.data.writers import atomic_output
 from vift_plugin.evaluation.benchmark import BenchmarkItem, as_items
 from vift_plugin.evaluation.evaluator import write_text
 from vift_plugin.evaluation.runner import encoded_batches

@@ -93,7 +93,7 @@ def write_llamafactory_dataset(
     Returns ``{"captions": n, "texts": m}``.
     """
     from vift_plugin.data.export import write_llava_records
-    from vift_plugin.data.files import atomic_output
+    from vift_plugin.data.writers import atomic_output
 
     folder = Path(dataset_dir)
     counts = write_llava_records(

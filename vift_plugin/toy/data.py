@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vift_plugin.data.files import atomic_output
 from vift_plugin.data.schema import caption_messages, image_part, text_part
+from vift_plugin.data.writers import atomic_output
 from vift_plugin.toy.world import Question, Scene, pick_question, scenes
 
 CAPTION_REQUEST = "describe the scene."

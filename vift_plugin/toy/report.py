@@ -201,7 +201,7 @@ def write_run_files(root: Path, seed: int, rows: list[DemoRow], perception: list
 
 
 def _write(path: Path, text: str) -> Path:
-    from vift_plugin.data.files import atomic_output
+    from vift_plugin.data.writers import atomic_output
 
     with atomic_output(path) as handle:
         handle.write(text)
