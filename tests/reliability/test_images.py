@@ -271,6 +271,40 @@ def benchmark_file(folder: Path, images: list[str]) -> Path:
     return write_jsonl(folder / "bench.jsonl", rows)
 
 
+@pytest.mark.parametrize("allowed", [False, True])
+def test_pil_set_to_load_truncated_images_is_named_by_every_image_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, allowed: bool
+) -> None:
+    """``ImageFile.LOAD_TRUNCATED_IMAGES = True`` (user code, an imported library) lets a cut file decode;
+    the checks then cannot see it, so each says so instead of passing it in silence."""
+    from PIL import ImageFile
+
+    from vift_plugin.data.images import check_images
+    from vift_plugin.evaluation.benchmark import read_benchmark
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", allowed)
+    write_truncated(tmp_path / "cut.jpg")
+    source = write_jsonl(tmp_path / "captions.jsonl", caption_rows(["cut.jpg"]))
+    records = datasets.Dataset.from_list(chat_records(["cut.jpg"]))
+    bench = benchmark_file(tmp_path, [str(tmp_path / "cut.jpg")])
+    checks = {
+        "vift convert captions": lambda: convert_caption_file(source, tmp_path / "out.jsonl"),
+        "check_images": lambda: check_images(records, tmp_path),
+        "the benchmark's image check": lambda: read_benchmark(bench),
+    }
+    for check, run in checks.items():
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="vift_plugin.data.images"):
+            if allowed:
+                run()  # the cut file passes: PIL filled it in
+            else:
+                with pytest.raises(ValueError, match="truncated"):  # ImageError, or RowError naming the row
+                    run()
+        warned = [r.getMessage() for r in caplog.records if "LOAD_TRUNCATED_IMAGES" in r.getMessage()]
+        assert len(warned) == int(allowed), check
+        assert all(w.startswith(f"{check}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True") for w in warned)
+
+
 def test_vift_eval_names_a_truncated_image_row_before_loading_the_model(
     checkpoint_dir: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -144,3 +144,19 @@ def test_checkpoint_loads_like_a_downloaded_one(tmp_path: Path) -> None:
     features = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
     assert [f.shape for f in features] == [(GRID * GRID, model.config.text_config.hidden_size)]  # one per cell
     assert model(**batch).logits.shape[-1] == model.config.text_config.vocab_size
+
+
+def test_documented_model_sizes_are_the_built_ones() -> None:
+    """The parameter counts in ``--model-size``'s help, the README and docs/demo.md are those of the models built."""
+    from dataclasses import fields
+
+    from vift_plugin.toy.checkpoint import build_world_model
+    from vift_plugin.toy.demo import DemoConfig
+
+    root = Path(__file__).resolve().parents[2]
+    counts = {size: sum(p.numel() for p in build_world_model(size)[0].parameters()) for size in ("demo", "tiny")}
+    demo, tiny = (f"{counts[size] / 1e6:.1f}M" for size in ("demo", "tiny"))
+    help_text = next(f.metadata["help"] for f in fields(DemoConfig) if f.name == "model_size")
+    assert f"'demo' ({demo} parameters)" in help_text and f"'tiny' ({tiny}," in help_text
+    assert f"a {demo}-parameter vision-language model" in (root / "README.md").read_text(encoding="utf-8")
+    assert f"About {demo} parameters." in (root / "docs" / "demo.md").read_text(encoding="utf-8")

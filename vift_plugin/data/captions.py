@@ -18,7 +18,7 @@ from typing import Any
 
 from vift_plugin.data.caption_formats import CAPTION_COLUMNS, IMAGE_COLUMNS, guess_column, read_caption_rows
 from vift_plugin.data.files import ImageError, RowError
-from vift_plugin.data.images import ImageRoot, check_remote, load_image, threaded_map
+from vift_plugin.data.images import ImageRoot, check_remote, load_image, threaded_map, warn_if_truncated_images_pass
 from vift_plugin.data.queries import QueryPool
 from vift_plugin.data.remote import is_url
 from vift_plugin.data.report import ConversionReport, convert_stream
@@ -235,6 +235,8 @@ def convert_captions(
         dataset = dataset.cast_column(image_column, Image(decode=False))
     root = None if image_root is None else os.fspath(image_root)
     checks = dict(verify_images=verify_images, allow_remote_images=allow_remote_images, verify_threads=verify_threads)
+    if verify_images:
+        warn_if_truncated_images_pass("convert_captions")
     if skip_bad and rejects_path is not None:
         _write_rejects(dataset, rejects_path, image_column, caption_column, root, checks, num_proc)
     converted = dataset.map(
@@ -345,6 +347,8 @@ def convert_caption_file(
     """
     check_output_format(output_format)
     root = os.fspath(image_root) if image_root is not None else str(Path(path).resolve().parent)
+    if verify_images:
+        warn_if_truncated_images_pass("vift convert captions")
     rows = read_caption_rows(path, input_format, image_column=image_column, caption_column=caption_column)
 
     serialise = SERIALISERS[output_format]

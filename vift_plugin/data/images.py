@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 from vift_plugin.data.files import ImageError
 from vift_plugin.data.remote import check_url, is_url
@@ -207,6 +207,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def warn_if_truncated_images_pass(check: str) -> bool:
+    """Warn (and return True) when PIL is set to decode files cut short, which no image check can then catch.
+
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``, set by user code or an imported library, makes a
+    truncated file decode with its missing part filled in, so ``check`` would pass it without a word.
+    The setting is the user's to make; the checks only say what it costs.
+    """
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        return False
+    logger.warning(
+        "%s: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by your code or a library it imports), so an image "
+        "file cut short decodes with its missing part filled in and passes this check; set it to False to find them.",
+        check,
+    )
+    return True
+
+
 def default_threads() -> int:
     """Threads for decoding images: the CPUs this process may use, at most 8 (PIL decodes without the GIL)."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -282,6 +299,7 @@ def check_images(
     ``[{"location", "reason"}]`` like the converters' rejects files.
     """
     rows = _image_columns(dataset)
+    warn_if_truncated_images_pass("check_images")
 
     def references() -> Iterator[tuple[int, Any]]:
         for index, record in enumerate(rows):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vift_plugin.data.files import ImageError, RowError, iter_rows
-from vift_plugin.data.images import check_remote, load_image, threaded_map
+from vift_plugin.data.images import check_remote, load_image, threaded_map, warn_if_truncated_images_pass
 from vift_plugin.data.remote import is_url
 from vift_plugin.evaluation.answers import LETTERS, Answer, gold_choice
 
@@ -161,6 +161,8 @@ def _prepare_images(items: list[BenchmarkItem], check_images: bool) -> list[tupl
         if check_images:
             load_image(item.image)
 
+    if check_images:
+        warn_if_truncated_images_pass("the benchmark's image check")
     todo = items if check_images else [item for item in items if isinstance(item.image, str) and is_url(item.image)]
     problems = []
     for item, outcome in zip(todo, threaded_map(prepare, todo), strict=True):

@@ -73,7 +73,9 @@ class DemoConfig:
 
     output_dir: str = field(default="vift_demo", metadata={"help": "Where the world, checkpoints and report go."})
     seed: int = field(default=0, metadata={"help": "Seed of the world, the model and the training order."})
-    model_size: str = field(default="demo", metadata={"help": "'demo' (1.5M parameters) or 'tiny'."})
+    model_size: str = field(
+        default="demo", metadata={"help": "'demo' (1.9M parameters) or 'tiny' (0.4M, used by --quick)."}
+    )
     sizes: WorldSizes = field(default_factory=WorldSizes)
     batch_size: int = field(default=32, metadata={"help": "Per-device training batch size."})
     recipe: str = field(
