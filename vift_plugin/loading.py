@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,80 @@ from vift_plugin.config import FUSION_CONFIG_NAME
 
 TRAINABLE_WEIGHTS_NAME = "vift_trainable_weights.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (header unreadable, data shorter than declared), else None."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (header_length,) = struct.unpack("<Q", handle.read(8))
+            if header_length > size - 8:
+                return f"{path.name} is truncated (header of {header_length} bytes in a {size}-byte file)"
+            header = json.loads(handle.read(header_length))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return f"{path.name} is not a readable safetensors file"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_length + max(ends, default=0)
+    if size < expected:
+        return f"{path.name} is truncated ({size} of {expected} bytes)"
+    return None
+
+
+def weights_problem(folder: Path) -> str | None:
+    """Why the model weights in ``folder`` are not whole (missing, truncated, a shard missing), else None."""
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return safetensors_problem(folder / name) if name.endswith(".safetensors") else None
+    for name in SHARD_INDEXES:
+        index = folder / name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as error:
+                return f"{name} is unreadable ({error})"
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    return f"shard {shard} named by {name} is missing"
+                if shard.endswith(".safetensors") and (problem := safetensors_problem(folder / shard)):
+                    return problem
+            return None
+    if any(
+        entry.is_dir() and entry.name.startswith(("pytorch_model_fsdp", "global_step")) for entry in folder.iterdir()
+    ):
+        return None  # FSDP and DeepSpeed write their own sharded states
+    return "no model weights"
+
+
+def saved_model_problem(folder: str | os.PathLike[str]) -> str | None:
+    """Why ``folder`` does not hold a whole saved model (weights or adapter, and the trainable weights), else None.
+
+    A save cut short (killed, disk full) leaves files that ``from_pretrained`` rejects without naming them
+    ("incomplete metadata, file not fully covered"); the headers and sizes are checked here instead.
+    """
+    path = Path(folder)
+    problem = weights_problem(path)
+    extra = path / TRAINABLE_WEIGHTS_NAME
+    if problem is None and extra.is_file():
+        problem = safetensors_problem(extra)
+    return problem
+
+
+def check_saved_model(path: str | os.PathLike[str]) -> None:
+    """Raise ``ValueError`` naming ``path`` when it is a local folder without a whole saved model (hub ids pass)."""
+    if not os.path.isdir(path):
+        return
+    problem = saved_model_problem(path)
+    if problem is not None:
+        raise ValueError(
+            f"{path} does not hold a whole saved model ({problem}): its save was interrupted or the copy is "
+            "incomplete. Save it again, or use one of the run's complete checkpoint-N folders (`vift train` "
+            "resumes from the last complete one with resume_from_checkpoint: true)."
+        )
 
 
 def adapter_base(path: str | os.PathLike[str]) -> str | None:
@@ -95,8 +170,10 @@ def load_vift(path: str | os.PathLike[str], **kwargs: Any) -> tuple[Any, Any]:
     from vift_plugin.processors import load_processor
 
     folder = os.fspath(path)
+    check_saved_model(folder)
     base = adapter_base(folder)
     if base is not None:
+        check_saved_model(base)
         model = continue_from_run(AutoModelForImageTextToText.from_pretrained(base, **kwargs), folder, merge=True)
     else:
         model = AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
@@ -132,6 +209,7 @@ def load_model(path: str, *, dtype: str = "auto", device: str | None = None) -> 
 
         from vift_plugin.processors import load_processor
 
+        check_saved_model(path)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
         processor = load_processor(path)
     model.to(device or default_device())

@@ -5,8 +5,10 @@ that fails (disk full) is one clear error."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -173,3 +175,62 @@ def test_a_save_that_runs_out_of_disk_is_one_clear_error(
     assert isinstance(error.value, OSError)
     assert not (out / "checkpoint-6").exists()
     assert last_complete_checkpoint(out)[0] == out / "checkpoint-3"
+
+
+def test_a_final_save_that_runs_out_of_disk_is_one_clear_error_and_its_files_are_refused(
+    stopped_run: Path, checkpoint_dir: Any, toy: ToyData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final ``save_model`` (not a checkpoint) cut short by a full disk: one error that names the
+    folder and the checkpoint to resume from; nothing of the run is removed; the half-written model is
+    refused by name wherever it would load (evaluation, fused inference, the next stage)."""
+    from transformers import modeling_utils
+
+    from vift_plugin.loading import load_model, load_vift
+    from vift_plugin.training.model import load_training_model
+
+    trainer = trainer_for(checkpoint_dir("qwen2_vl"), toy, stopped_run, "connector-only")
+    real_save = modeling_utils.safe_save_file
+
+    def disk_fills_up(tensors: Any, filename: str, *args: Any, **kwargs: Any) -> None:
+        real_save(tensors, filename, *args, **kwargs)
+        written = Path(filename)
+        written.write_bytes(written.read_bytes()[: written.stat().st_size // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", disk_fills_up)
+    with pytest.raises(CheckpointSaveError, match=r"run failed: no space left on device.*resume from .*checkpoint-3"):
+        trainer.save_model()
+    monkeypatch.setattr(modeling_utils, "safe_save_file", real_save)
+    assert (stopped_run / "checkpoint-3" / "trainer_state.json").is_file()
+
+    refused = rf"{stopped_run} does not hold a whole saved model \(model.safetensors is truncated"
+    with pytest.raises(ValueError, match=refused):
+        load_model(str(stopped_run), device="cpu")
+    with pytest.raises(ValueError, match=refused):
+        load_vift(stopped_run)
+    with pytest.raises(ValueError, match=refused):
+        load_training_model(ModelArguments(model_name_or_path=str(stopped_run)), trainer.args)
+
+    trainer.save_model()  # space again: the same folder loads
+    model, _ = load_model(str(stopped_run), device="cpu")
+    saved = dict(model.named_parameters())
+    assert trainer.model is not None
+    for name, parameter in trainer.model.named_parameters():
+        assert torch.equal(saved[name], parameter.detach()), name
+
+
+@pytest.mark.parametrize("damaged", ["adapter_model.safetensors", "vift_trainable_weights.safetensors"])
+def test_a_saved_lora_run_with_a_cut_file_is_refused_by_name(
+    damaged: str, checkpoint_dir: Any, toy: ToyData, tmp_path: Path
+) -> None:
+    from vift_plugin.loading import load_vift
+
+    saved = tmp_path / "saved"
+    trainer_for(checkpoint_dir("qwen2_vl"), toy, tmp_path / "run", "lora").save_model(str(saved))
+    load_vift(saved)  # whole: loads
+    file = saved / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size - 16])
+    with pytest.raises(
+        ValueError, match=rf"saved does not hold a whole saved model \({re.escape(damaged)} is truncated"
+    ):
+        load_vift(saved)

@@ -15,66 +15,23 @@ import logging
 import os
 import re
 import shutil
-import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from vift_plugin.loading import saved_model_problem
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE_NAME = "trainer_state.json"
-WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
-SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 INCOMPLETE_SUFFIX = ".incomplete"
 
 
 class CheckpointSaveError(OSError):
     """Saving a checkpoint failed (most often a full disk); the message names the folder and the fix."""
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a whole safetensors file (header unreadable, data shorter than declared), else None."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as handle:
-            (header_length,) = struct.unpack("<Q", handle.read(8))
-            if header_length > size - 8:
-                return f"{path.name} is truncated (header of {header_length} bytes in a {size}-byte file)"
-            header = json.loads(handle.read(header_length))
-    except (struct.error, ValueError, UnicodeDecodeError):
-        return f"{path.name} is not a readable safetensors file"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    expected = 8 + header_length + max(ends, default=0)
-    if size < expected:
-        return f"{path.name} is truncated ({size} of {expected} bytes)"
-    return None
-
-
-def _weights_problem(folder: Path) -> str | None:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return safetensors_problem(folder / name) if name.endswith(".safetensors") else None
-    for name in SHARD_INDEXES:
-        index = folder / name
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError) as error:
-                return f"{name} is unreadable ({error})"
-            for shard in shards:
-                if not (folder / shard).is_file():
-                    return f"shard {shard} named by {name} is missing"
-                if shard.endswith(".safetensors") and (problem := safetensors_problem(folder / shard)):
-                    return problem
-            return None
-    if any(
-        entry.is_dir() and entry.name.startswith(("pytorch_model_fsdp", "global_step")) for entry in folder.iterdir()
-    ):
-        return None  # FSDP and DeepSpeed write their own sharded states
-    return "no model weights"
 
 
 def checkpoint_problem(folder: str | os.PathLike[str]) -> str | None:
@@ -93,11 +50,7 @@ def checkpoint_problem(folder: str | os.PathLike[str]) -> str | None:
         json.loads(state.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         return f"{TRAINER_STATE_NAME} is unreadable"
-    problem = _weights_problem(path)
-    if problem is None:
-        extra = path / "vift_trainable_weights.safetensors"
-        problem = safetensors_problem(extra) if extra.is_file() else None
-    return problem
+    return saved_model_problem(path)
 
 
 def checkpoints_newest_first(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -159,23 +112,42 @@ def free_bytes(path: str | os.PathLike[str]) -> int:
     return shutil.disk_usage(path).free
 
 
+def _save_error(error: BaseException, folder: Path, run_dir: str | os.PathLike[str]) -> str:
+    """Why a save failed, in words: a full disk (errno 28, or under 1 MiB left) is said as such."""
+    disk_full = isinstance(error, OSError) and error.errno == 28
+    try:
+        disk_full = disk_full or free_bytes(folder if folder.exists() else run_dir) < 1 << 20
+    except OSError:
+        pass
+    return "no space left on device" if disk_full else f"{type(error).__name__}: {error}"
+
+
+def _resume_hint(run_dir: str | os.PathLike[str]) -> str:
+    found, _ = last_complete_checkpoint(run_dir)
+    return f"resume from {found} (--resume_from_checkpoint true)" if found is not None else "no earlier checkpoint"
+
+
 def save_failure(
     folder: str | os.PathLike[str], error: BaseException, run_dir: str | os.PathLike[str]
 ) -> CheckpointSaveError:
     """The error to raise when saving ``folder`` failed: removes the partial folder and says what to resume from."""
     target = Path(folder)
-    disk_full = isinstance(error, OSError) and error.errno == 28
-    try:
-        disk_full = disk_full or free_bytes(target.parent if target.parent.exists() else run_dir) < 1 << 20
-    except OSError:
-        pass
+    why = _save_error(error, target.parent, run_dir)
     shutil.rmtree(target, ignore_errors=True)
-    found, _ = last_complete_checkpoint(run_dir)
-    why = "no space left on device" if disk_full else f"{type(error).__name__}: {error}"
-    resume = f"resume from {found} (--resume_from_checkpoint true)" if found is not None else "no earlier checkpoint"
     return CheckpointSaveError(
         f"saving {target} failed: {why}; the partial folder was removed. Free space or change output_dir, "
-        f"then {resume}."
+        f"then {_resume_hint(run_dir)}."
+    )
+
+
+def final_save_failure(folder: str | os.PathLike[str], error: BaseException) -> CheckpointSaveError:
+    """The error to raise when ``Trainer.save_model`` into ``folder`` failed. Nothing is removed (the folder
+    also holds the run's checkpoints and logs); loading the half-written model is refused by name."""
+    target = Path(folder)
+    return CheckpointSaveError(
+        f"saving the model into {target} failed: {_save_error(error, target, target)}; the files written there "
+        "are incomplete (loading them is refused). Free space or choose another folder and save again "
+        f"(trainer.save_model(DIR)), or {_resume_hint(target)}."
     )
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vift_plugin.layers import find_decoder_layers
-from vift_plugin.loading import adapter_base, continue_from_run
+from vift_plugin.loading import adapter_base, check_saved_model, continue_from_run
 from vift_plugin.training.arguments import ModelArguments, ViFTTrainingArguments, parse_layer_range
 from vift_plugin.training.roles import (
     GENERIC_PATTERNS,
@@ -77,8 +77,10 @@ def load_training_model(model_args: ModelArguments, args: ViFTTrainingArguments)
             bnb_4bit_compute_dtype=compute,
             llm_int8_skip_modules=unquantized_modules(_config_model_type(path, model_args)),
         )
+    check_saved_model(path)
     base = adapter_base(path)
     if base is not None:
+        check_saved_model(base)
         model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
         model = continue_from_run(model, path, merge=not model_args.load_in_bits)
     else:

@@ -15,7 +15,13 @@ from vift_plugin.data.sampler import sampler_for_trainer
 from vift_plugin.fusion import IMAGE_INPUT_KEYS
 from vift_plugin.loading import load_trainable_weights, save_trainable_weights
 from vift_plugin.training.arguments import ViFTTrainingArguments
-from vift_plugin.training.checkpoints import load_full_weights, resolve_resume, save_failure, set_aside
+from vift_plugin.training.checkpoints import (
+    final_save_failure,
+    load_full_weights,
+    resolve_resume,
+    save_failure,
+    set_aside,
+)
 from vift_plugin.training.distributed import fsdp_off_warning
 from vift_plugin.training.roles import (
     ROLES,
@@ -50,7 +56,8 @@ class ViFTTrainer(Trainer):
       modality since the previous log, on the scale of ``loss`` (every step is single-modality, so
       this is the caption loss vs the text-instruction loss; local to the logging rank);
     - saves add the processor, the non-LoRA trainable weights and a ``FusionConfig``; a failed save
-      is a :class:`~vift_plugin.training.checkpoints.CheckpointSaveError` that names what to resume from;
+      (a checkpoint or the final ``save_model``) is a
+      :class:`~vift_plugin.training.checkpoints.CheckpointSaveError` that names what to resume from;
     - resuming (``True`` or a path) restores every trained weight, LoRA or not, from the newest
       *complete* checkpoint; newer half-written ones are renamed ``checkpoint-N.incomplete``.
     """
@@ -184,6 +191,14 @@ class ViFTTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         except Exception as error:
             raise save_failure(folder, error, run_dir) from error
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if _internal_call:  # a checkpoint: _save_checkpoint owns its failures
+            return super().save_model(output_dir, _internal_call)
+        try:
+            super().save_model(output_dir, _internal_call)
+        except Exception as error:
+            raise final_save_failure(output_dir or str(self.args.output_dir), error) from error
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
         super()._save(output_dir, state_dict)
