@@ -123,6 +123,24 @@ def sharding(model: Any) -> dict[str, int]:
     }
 
 
+class count_decodes:  # noqa: N801 - used like a function
+    """Counts :func:`~vift_plugin.data.images.load_image` calls made through the images module until ``stop``."""
+
+    def __init__(self) -> None:
+        import vift_plugin.data.images as images
+
+        self.module, self.original, self.count = images, images.load_image, 0
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return self.original(*args, **kwargs)
+
+        images.load_image = counting  # type: ignore[assignment]
+
+    def stop(self) -> None:
+        self.module.load_image = self.original  # type: ignore[assignment]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="tiny checkpoint folder")
@@ -171,8 +189,9 @@ def main() -> None:
 
     set_seed(cli.seed)  # the LoRA A matrices are drawn at load: the same on every rank and in every engine
     model, processor = load_model_and_processor(model_args, args)
-    with args.main_process_first(desc="building the training set"):
-        dataset = build_dataset(data_args, processor, args)
+    decoded = count_decodes()
+    dataset = build_dataset(data_args, processor, args)  # reads, checks and mixes rank by rank itself
+    decoded.stop()
     recorder = RecordingCollator(ViFTDataCollator(processor, image_root=args.image_root, max_pixels=args.max_pixels))
     rank = args.process_index
     trainer = RecordingTrainer(
@@ -202,6 +221,7 @@ def main() -> None:
         "max_steps": trainer.state.max_steps,
         "micro_batches": trainer.micro_batches,
         "dataset_size": len(dataset),
+        "images_decoded_building_the_dataset": decoded.count,
         "dataset_modalities": {m: dataset["modality"].count(m) for m in ("image", "text")},
         "training_loss": result.training_loss,
         "modality_losses": [

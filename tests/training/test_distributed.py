@@ -74,6 +74,8 @@ def test_distributed_trainer_world_size_and_steps(ddp_run: dict[str, Any]) -> No
         assert summary["micro_batches"] == MAX_STEPS * GRAD_ACCUM
         assert summary["dataset_modalities"] == {"image": CAPTIONS, "text": TEXTS}
         assert len(summary["modality_losses"]) == MAX_STEPS
+    # every image decoded once, on rank 0, which sends what it found (nothing) to rank 1
+    assert [s["images_decoded_building_the_dataset"] for s in ddp_run["summaries"]] == [CAPTIONS, 0]
 
 
 def test_distributed_ranks_log_every_micro_batch(ddp_run: dict[str, Any]) -> None:

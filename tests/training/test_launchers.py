@@ -16,12 +16,16 @@ samples of the 32.
 
 from __future__ import annotations
 
+import io
 import json
+import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from PIL import Image
 
 from tests.training.multirank import Launch, accelerate_launch, launch, torchrun
 from vift_plugin.testing import make_tiny_checkpoint
@@ -119,3 +123,22 @@ def test_torchrun_without_use_cpu_is_an_error(material: dict[str, Any]) -> None:
     assert "the launcher started 2 processes, but accelerate sees a world of 1" in run.stderr
     assert "set use_cpu: true" in run.stderr
     assert not out.exists()
+
+
+def test_a_bad_image_stops_every_rank_with_the_same_error(material: dict[str, Any]) -> None:
+    """Rank 0 alone decodes the images and sends what it found: both ranks name the bad row and exit;
+    none waits for the other (a hang would be a timeout here)."""
+    records = material["tmp"] / "bad-records"
+    shutil.copytree(material["captions"].parent, records)
+    noise = Image.frombytes("RGB", (64, 64), bytes(random.Random(0).randrange(256) for _ in range(64 * 64 * 3)))
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")
+    (records / "images" / "0003.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    config, _ = write_config(
+        material, "bad-image", caption_files=[str(records / "captions.jsonl")], image_root=str(records)
+    )
+    run = launch(torchrun([*VIFT_TRAIN, str(config)]), material["tmp"], timeout=240)
+    assert not run.timed_out, run.tail()
+    assert run.returncode != 0, run.tail()
+    named = [line for line in run.stderr.splitlines() if "row 3 (id 'c3')" in line and "0003.png" in line]
+    assert len(named) == 2 and all("truncated" in line for line in named), run.tail()

@@ -298,6 +298,22 @@ def check_images(
     out (``dataset.select`` for a Dataset), counted in a warning and returned as ``rejects``,
     ``[{"location", "reason"}]`` like the converters' rejects files.
     """
+    problems = image_problems(
+        dataset, image_root, max_pixels=max_pixels, allow_remote_images=allow_remote_images, threads=threads
+    )
+    return drop_bad_images(dataset, problems, skip_bad=skip_bad)
+
+
+def image_problems(
+    dataset: Any,
+    image_root: str | os.PathLike[str] | None = None,
+    *,
+    max_pixels: int | None = None,
+    allow_remote_images: bool = False,
+    threads: int | None = None,
+) -> dict[int, str]:
+    """``{row index: why its first bad image cannot be used}`` for ``dataset``: the decoding half of
+    :func:`check_images`, so that one process can decode and send the result to the others."""
     rows = _image_columns(dataset)
     warn_if_truncated_images_pass("check_images")
 
@@ -314,9 +330,18 @@ def check_images(
     for (index, _), error in zip(entries, threaded_map(load, work, threads), strict=True):
         if error is not None:
             bad.setdefault(index, str(error))
-    if not bad:
+    return bad
+
+
+def drop_bad_images(dataset: Any, problems: dict[int, str], *, skip_bad: bool) -> tuple[Any, list[dict[str, str]]]:
+    """The half of :func:`check_images` after decoding: raise naming every row in ``problems``, or with
+    ``skip_bad`` leave those rows out with a warning."""
+    if not problems:
         return dataset, []
-    rejects = [{"location": _row_name(rows[index], index), "reason": reason} for index, reason in sorted(bad.items())]
+    rows = _image_columns(dataset)
+    rejects = [
+        {"location": _row_name(rows[index], index), "reason": reason} for index, reason in sorted(problems.items())
+    ]
     if not skip_bad:
         shown = "\n  ".join(f"{r['location']}: {r['reason']}" for r in rejects[:10])
         more = f"\n  ... and {len(rejects) - 10} more" if len(rejects) > 10 else ""
@@ -326,12 +351,12 @@ def check_images(
         )
     logger.warning(
         "check_images: left out %d row(s) of %d with unusable images (skip_bad): %s%s",
-        len(bad),
+        len(problems),
         len(rows),
         "; ".join(f"{r['location']}: {r['reason']}" for r in rejects[:3]),
         " ..." if len(rejects) > 3 else "",
     )
-    keep = [index for index in range(len(rows)) if index not in bad]
+    keep = [index for index in range(len(rows)) if index not in problems]
     kept = dataset.select(keep) if hasattr(dataset, "select") else [dataset[index] for index in keep]
     return kept, rejects
 

@@ -98,12 +98,14 @@ def build_dataset(data_args: Any, processor: Any, training_args: Any) -> Any:
 
     Every row is read and every image decoded first, so a bad record or image is named (or, with
     ``skip_bad_images``, counted and left out) before the model loads rather than at some step mid-run.
+    With several processes, the main process reads and tokenizes first (the others then load ``datasets``'
+    cache) and the images are decoded once, on rank 0 (:func:`~vift_plugin.training.distributed.check_images_once`).
     """
     from datasets import load_from_disk
 
     from vift_plugin.data.files import load_record_files
-    from vift_plugin.data.images import check_images
     from vift_plugin.data.mixing import add_modality_and_length, mix_datasets
+    from vift_plugin.training.distributed import check_images_once
 
     images = dict(
         image_root=training_args.image_root,
@@ -111,28 +113,33 @@ def build_dataset(data_args: Any, processor: Any, training_args: Any) -> Any:
         allow_remote_images=training_args.allow_remote_images,
     )
 
-    def checked(dataset: Any) -> Any:
+    def limited(dataset: Any) -> Any:
         if data_args.max_samples is not None:
             dataset = dataset.select(range(min(len(dataset), data_args.max_samples)))
-        return check_images(dataset, **images, skip_bad=data_args.skip_bad_images)[0]
-
-    if data_args.dataset_dir:
-        dataset = checked(load_from_disk(data_args.dataset_dir))
-        if "modality" not in dataset.column_names or "length" not in dataset.column_names:
-            dataset = add_modality_and_length(dataset, processor, **images)
         return dataset
 
-    def load(files: list[str] | None) -> Any:
-        return checked(load_record_files(files)) if files else None
-
-    return mix_datasets(
-        load(data_args.caption_files),
-        load(data_args.text_files),
-        processor,
-        ratios={"image": data_args.caption_ratio, "text": data_args.text_ratio},
-        seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-        **images,
-    )
+    with training_args.main_process_first(desc="reading the training data"):
+        if data_args.dataset_dir:
+            parts = {"dataset": limited(load_from_disk(data_args.dataset_dir))}
+        else:
+            files = {"image": data_args.caption_files, "text": data_args.text_files}
+            parts = {kind: limited(load_record_files(names)) for kind, names in files.items() if names}
+    skip_bad = data_args.skip_bad_images
+    parts = {kind: check_images_once(part, **images, skip_bad=skip_bad) for kind, part in parts.items()}
+    with training_args.main_process_first(desc="mixing the training set"):
+        if "dataset" in parts:
+            dataset = parts["dataset"]
+            if "modality" not in dataset.column_names or "length" not in dataset.column_names:
+                dataset = add_modality_and_length(dataset, processor, **images)
+            return dataset
+        return mix_datasets(
+            parts.get("image"),
+            parts.get("text"),
+            processor,
+            ratios={"image": data_args.caption_ratio, "text": data_args.text_ratio},
+            seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+            **images,
+        )
 
 
 def plot_losses(log_history: list[dict[str, Any]], path: str | os.PathLike[str]) -> bool:
@@ -192,8 +199,7 @@ def train_stage(model_args: Any, data_args: Any, training_args: Any) -> Any:
 
     set_seed(training_args.seed)
     processor = load_training_processor(model_args, training_args)
-    with training_args.main_process_first(desc="building the training set"):
-        dataset = build_dataset(data_args, processor, training_args)
+    dataset = build_dataset(data_args, processor, training_args)
     check_training_data(dataset, training_args)
     model = load_training_model(model_args, training_args)
     logger.info("trainable parameters: %s", describe_trainable(model))
