@@ -133,3 +133,30 @@ def test_atomic_output_files_get_the_usual_permissions(tmp_path: Path, umask: in
         os.umask(previous)
     assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
+def test_a_temporary_still_being_written_is_not_taken_for_stale(tmp_path: Path) -> None:
+    """Two runs writing the same output: the second's clean-up leaves the first's live temporary (and
+    live dataset folder) alone, removes the dead one, and both writes finish."""
+    from vift_plugin.data.writers import lock_temporary, remove_stale_partials
+
+    target = tmp_path / "out.jsonl"
+    dead = tmp_path / ".out.jsonl.deadbeef.partial"
+    dead.write_text("left by a killed run")
+    live_folder = tmp_path / ".out.jsonl.f01dab1e.partial"
+    live_folder.mkdir()
+    folder_lock = lock_temporary(live_folder)
+    try:
+        with atomic_output(target) as first:
+            first.write("first\n")
+            [live] = [p for p in leftovers(tmp_path) if p not in (dead.name, live_folder.name)]
+            with atomic_output(target) as second:  # cleans up before it writes
+                second.write("second\n")
+            assert (tmp_path / live).is_file() and live_folder.is_dir() and not dead.exists()
+            first.write("more\n")
+        assert target.read_text() == "first\nmore\n"  # the last rename wins
+    finally:
+        if folder_lock is not None:
+            os.close(folder_lock)
+    remove_stale_partials(target)  # the folder's writer is gone now
+    assert leftovers(tmp_path) == []

@@ -75,7 +75,7 @@ def check_distinct_paths(**paths: str | None) -> None:
 def save_dataset(dataset: Any, output: str, overwrite: bool = False) -> None:
     """``.jsonl``/``.json``: records written atomically; anything else: a ``save_to_disk`` folder, atomically.
     A folder ``output`` that exists is replaced only when it is a dataset folder or ``overwrite`` is set."""
-    from vift_plugin.data.writers import RecordWriter, dump_columns, remove_stale_partials
+    from vift_plugin.data.writers import RecordWriter, dump_columns, lock_temporary, remove_stale_partials
 
     check_output_folder(output, overwrite)
     if _is_record_file(output):
@@ -87,6 +87,7 @@ def save_dataset(dataset: Any, output: str, overwrite: bool = False) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target)
     temporary = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    lock = lock_temporary(temporary)
     try:
         dataset.save_to_disk(temporary)
         if target.is_dir() and not target.is_symlink():
@@ -97,6 +98,9 @@ def save_dataset(dataset: Any, output: str, overwrite: bool = False) -> None:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def _rejects(args: argparse.Namespace) -> str | None:

@@ -19,6 +19,11 @@ from typing import IO, Any
 
 from vift_plugin.data.files import file_kind
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, so a live temporary is not told apart
+    fcntl = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
 
 _TEMPORARY_PART = "[a-z0-9_]{8}"  # the random part of a ``tempfile`` name
@@ -30,20 +35,48 @@ def _current_umask() -> int:
     return mask
 
 
+def lock_temporary(path: str | os.PathLike[str]) -> int | None:
+    """Hold an exclusive lock on a temporary file or folder while it is written; returns the descriptor to
+    ``os.close`` when done. :func:`remove_stale_partials` leaves a locked temporary alone: its writer lives."""
+    if fcntl is None:
+        return None
+    descriptor = os.open(path, os.O_RDONLY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return descriptor
+
+
+def _being_written(path: str) -> bool:
+    """True when another descriptor holds :func:`lock_temporary`'s lock on ``path`` (a run still writing it)."""
+    if fcntl is None:
+        return False
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # also releases the lock just taken
+    return False
+
+
 def remove_stale_partials(target: Path) -> None:
     """Delete what an interrupted write of ``target`` left beside it, logging each removal.
 
     :func:`atomic_output` and ``save_dataset`` write to ``.<name>.XXXXXXXX.partial`` siblings (files and
     folders) and delete them on failure, but a SIGKILL or a power cut skips that, and the hidden leftovers
     pile up (a dataset folder's can be gigabytes). Only that exact pattern for this ``target`` is removed;
-    another output's temporaries (``.<name>.rejects.jsonl.XXXXXXXX.partial``) and anything else are kept.
-    Two runs writing the same output at once are not supported: the last rename would win anyway.
+    another output's temporaries (``.<name>.rejects.jsonl.XXXXXXXX.partial``) and anything else are kept,
+    and so is a temporary another run is still writing (it holds :func:`lock_temporary`'s lock): two runs
+    writing the same output at once both finish, and the last rename wins.
     """
     pattern = re.compile(re.escape(f".{target.name}.") + _TEMPORARY_PART + re.escape(".partial"))
     if not target.parent.is_dir():
         return
     for entry in os.scandir(target.parent):
-        if not pattern.fullmatch(entry.name):
+        if not pattern.fullmatch(entry.name) or _being_written(entry.path):
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
@@ -62,6 +95,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target)
     fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the handle closes
     try:
         os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
