@@ -249,7 +249,7 @@ def test_stale_partials_of_the_same_output_are_removed_and_reported(
     keep = [".out.jsonl.rejects.jsonl.k3x_9q2z.partial", ".other.jsonl.k3x_9q2z.partial", ".out.jsonl.partial"]
     for name in keep:
         (tmp_path / name).write_text("not ours to delete")
-    with caplog.at_level(logging.WARNING, logger="vift_plugin.data.files"):
+    with caplog.at_level(logging.WARNING, logger="vift_plugin.data.writers"):
         code, _, _ = run(capsys, "convert", "text", text, "-o", tmp_path / "out.jsonl")
     assert code == 0
     assert sorted(p.name for p in tmp_path.glob(".*partial")) == sorted(keep)
@@ -265,10 +265,29 @@ def test_stale_partial_dataset_folder_is_removed_by_save_dataset(
     stale = tmp_path / ".mixed.x7_abc12.partial"
     stale.mkdir()
     (stale / "dataset_info.json").write_text("{}")
-    with caplog.at_level(logging.WARNING, logger="vift_plugin.data.files"):
+    with caplog.at_level(logging.WARNING, logger="vift_plugin.data.writers"):
         save_dataset(datasets.Dataset.from_dict({"x": [1, 2]}), str(tmp_path / "mixed"))
     assert not stale.exists() and len(datasets.load_from_disk(tmp_path / "mixed")) == 2
     assert any(str(stale) in r.getMessage() for r in caplog.records)
+
+
+def test_a_killed_exports_scratch_folder_is_removed_by_the_next_export(tmp_path: Path) -> None:
+    """``write_llava_records`` (the LLaVA and LLaMA-Factory data writers) converts into a scratch folder
+    beside its output; a SIGKILL left it there for good. Now it is a stale partial of that output."""
+    from vift_plugin.data.export import write_llava_records
+
+    records, texts = write_toy_records(tmp_path / "records", captions=3, texts=2)
+    captions = records.with_name("raw_captions.jsonl")
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    lines = [json.dumps({"image": row["images"][0], "caption": f"square {row['id']}"}) for row in rows]
+    captions.write_text("\n".join(lines) + "\n")
+    target = tmp_path / "mix.json"
+    killed = tmp_path / ".mix.json.q1w2e3r4.partial"
+    killed.mkdir()
+    (killed / "captions-0.jsonl").write_text('{"id": "c0", "conv')
+    counts = write_llava_records(target, captions=[captions], texts=[texts], image_root=captions.parent)
+    assert counts == {"captions": 3, "texts": 2} and len(json.loads(target.read_text())) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mix.json", "records"]
 
 
 # ---------------------------------------------------------------------------------------------- f. existing outputs

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from vift_plugin.data.writers import RecordWriter
+from vift_plugin.data.writers import RecordWriter, lock_temporary, remove_stale_partials
 
 
 def chunked(lines: Iterable[str], size: int = 4096) -> Iterator[list[str]]:
@@ -43,6 +45,20 @@ def jsonl_lines(path: str | os.PathLike[str], image_root: Path | None = None) ->
             yield json.dumps(record, ensure_ascii=False)
 
 
+@contextmanager
+def _scratch_folder(target: Path) -> Iterator[str]:
+    """A locked ``.<name>.XXXXXXXX.partial`` folder beside ``target``, removed on exit; stale ones go first."""
+    remove_stale_partials(target)
+    folder = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    lock = lock_temporary(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
 def write_llava_records(
     output: str | os.PathLike[str],
     *,
@@ -53,12 +69,12 @@ def write_llava_records(
     verify_images: bool = True,
     skip_bad: bool = False,
     absolute_image_paths: bool = False,
-    scratch_prefix: str = ".vift-",
 ) -> dict[str, int]:
     """One file of LLaVA-format records (``.json`` a list, ``.jsonl`` a line each) from caption and text files.
 
-    Each file is converted with ``output_format="llava"`` into a scratch folder (``scratch_prefix``) beside
-    ``output``, then all are written atomically in order: captions first, then texts. Image paths are
+    Each file is converted with ``output_format="llava"`` into a scratch folder beside ``output``
+    (``.<name>.XXXXXXXX.partial``, so a killed run's is removed by the next write of ``output``), then all
+    are written atomically in order: captions first, then texts. Image paths are
     relative to ``image_root`` (default: each caption file's folder), absolute with ``absolute_image_paths``.
     Returns ``{"captions": n, "texts": m}``, the records written of each kind.
     """
@@ -70,7 +86,7 @@ def write_llava_records(
     target = Path(output)
     target.parent.mkdir(parents=True, exist_ok=True)
     counts = {"captions": 0, "texts": 0}
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=scratch_prefix) as folder:
+    with _scratch_folder(target) as folder:
         parts: list[tuple[Path, Path | None]] = []
         for index, path in enumerate(captions):
             part = Path(folder) / f"captions-{index}.jsonl"

@@ -105,7 +105,6 @@ def write_llamafactory_dataset(
         verify_images=verify_images,
         skip_bad=skip_bad,
         absolute_image_paths=True,
-        scratch_prefix=".vift-lf-",
     )
     info_path = folder / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}

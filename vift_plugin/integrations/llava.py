@@ -325,7 +325,6 @@ def write_llava_json(
         verify_images=verify_images,
         skip_bad=skip_bad,
         absolute_image_paths=absolute_image_paths,
-        scratch_prefix=".vift-llava-",
     )
 
 
