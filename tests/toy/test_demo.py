@@ -112,3 +112,23 @@ def test_second_run_reuses_the_trained_stages(quick_demo: Path, capsys: pytest.C
     assert main(["demo", "--quick", "--output-dir", str(quick_demo)]) == 0
     assert "already trained" in capsys.readouterr().out
     assert (quick_demo / "stage3-vift" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_a_stage_trained_by_other_code_is_retrained_not_reused(
+    quick_demo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README once showed seeds whose stages had been reused from an older checkout: the stage record
+    now holds a digest of the code, and a stage whose record names other code is trained again."""
+    from vift_plugin.toy.demo import STAGE_RECORD_NAME, code_digest
+
+    record_file = quick_demo / "stage2-captions" / STAGE_RECORD_NAME
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    assert record["code"] == code_digest()
+    record_file.write_text(json.dumps({**record, "code": "an older checkout"}), encoding="utf-8")
+    before = {stage: (quick_demo / stage / "model.safetensors").stat().st_mtime_ns for stage in STAGES}
+    assert main(["demo", "--quick", "--output-dir", str(quick_demo)]) == 0
+    out = capsys.readouterr().out
+    assert "stage2-captions: it was trained by other code or settings ==" in out
+    assert "stage3-vift: its start was retrained ==" in out and "stage4-baseline: its start was retrained ==" in out
+    after = {stage: (quick_demo / stage / "model.safetensors").stat().st_mtime_ns for stage in STAGES}
+    assert [stage for stage in STAGES if after[stage] != before[stage]] == list(STAGES[2:])

@@ -23,6 +23,7 @@ reliance is measured (caption loss with right vs shuffled pictures, distinct cap
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -178,10 +179,25 @@ def _training_arguments(config: DemoConfig, plan: StagePlan, world: Path, output
 STAGE_RECORD_NAME = "vift_demo_stage.json"
 
 
+def code_digest() -> str:
+    """SHA-256 of the plugin's sources and the torch/transformers versions: a stage trained by other code
+    (an older checkout drawing the world differently, say) is retrained, not reused with stale weights."""
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
+    package = Path(__file__).resolve().parents[1]
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def _fingerprint(config: DemoConfig, plans: list[StagePlan]) -> str:
-    """What a stage's weights depend on: the world, the model, and this and every earlier stage's plan."""
+    """What a stage's weights depend on: the world, the model, this and every earlier stage's plan, the code."""
     keys = ("seed", "model_size", "sizes", "recipe", "batch_size")
-    return json.dumps({"config": {k: asdict(config)[k] for k in keys}, "plans": [asdict(p) for p in plans]})
+    settings = {"config": {k: asdict(config)[k] for k in keys}, "plans": [asdict(p) for p in plans]}
+    return json.dumps({**settings, "code": code_digest()})
 
 
 def _finished(folder: Path, fingerprint: str) -> bool:
@@ -192,7 +208,10 @@ def _finished(folder: Path, fingerprint: str) -> bool:
 def train_stages(
     config: DemoConfig, world: dict[str, Path], base: Path, timings: dict[str, float] | None = None
 ) -> dict[str, Path]:
-    """Run every planned stage (skipping finished ones unless ``config.fresh``); return their folders."""
+    """Run every planned stage (skipping finished ones unless ``config.fresh``); return their folders.
+
+    A stage is trained again when its start was trained in this run: its old weights grew from another start.
+    """
     from vift_plugin.training.arguments import DataArguments, ModelArguments
     from vift_plugin.training.run import train_stage
 
@@ -200,12 +219,18 @@ def train_stages(
     outputs: dict[str, Path] = {}
     previous = base
     plans = config.stages()
+    trained: set[Path] = set()
     for index, plan in enumerate(plans):
         output = root / f"stage{index}-{plan.name}"
         start = outputs[plan.start] if plan.start else previous
         lineage = [p for p in plans[: index + 1] if p.name != "baseline" or p is plan]
         fingerprint = _fingerprint(config, lineage)
-        if config.fresh or not _finished(output, fingerprint):
+        reusable = _finished(output, fingerprint) and start not in trained
+        if not config.fresh and (output / STAGE_RECORD_NAME).is_file() and not reusable:
+            why = "its start was retrained" if start in trained else "it was trained by other code or settings"
+            print(f"== stage {index}: {plan.name}: retraining {output}: {why} ==", flush=True)
+        if config.fresh or not reusable:
+            trained.add(output)
             captions = [str(world[d]) for d in plan.data if d not in TEXT_FILES]
             texts = [str(world[d]) for d in plan.data if d in TEXT_FILES]
             data = DataArguments(caption_files=captions or None, text_files=texts or None)
