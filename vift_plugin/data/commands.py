@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +74,7 @@ def check_distinct_paths(**paths: str | None) -> None:
 def save_dataset(dataset: Any, output: str, overwrite: bool = False) -> None:
     """``.jsonl``/``.json``: records written atomically; anything else: a ``save_to_disk`` folder, atomically.
     A folder ``output`` that exists is replaced only when it is a dataset folder or ``overwrite`` is set."""
-    from vift_plugin.data.writers import RecordWriter, dump_columns, lock_temporary, remove_stale_partials
+    from vift_plugin.data.writers import RecordWriter, dump_columns, partial_folder
 
     check_output_folder(output, overwrite)
     if _is_record_file(output):
@@ -84,23 +83,13 @@ def save_dataset(dataset: Any, output: str, overwrite: bool = False) -> None:
                 writer.write(dump_columns(dataset[start : start + 4096]))
         return
     target = Path(output)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(target)
-    temporary = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    lock = lock_temporary(temporary)
-    try:
+    with partial_folder(target) as temporary:
         dataset.save_to_disk(temporary)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
         os.replace(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    finally:
-        if lock is not None:
-            os.close(lock)
 
 
 def _rejects(args: argparse.Namespace) -> str | None:

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
-from vift_plugin.data.writers import RecordWriter, lock_temporary, remove_stale_partials
+from vift_plugin.data.writers import RecordWriter, partial_folder
 
 
 def chunked(lines: Iterable[str], size: int = 4096) -> Iterator[list[str]]:
@@ -45,20 +42,6 @@ def jsonl_lines(path: str | os.PathLike[str], image_root: Path | None = None) ->
             yield json.dumps(record, ensure_ascii=False)
 
 
-@contextmanager
-def _scratch_folder(target: Path) -> Iterator[str]:
-    """A locked ``.<name>.XXXXXXXX.partial`` folder beside ``target``, removed on exit; stale ones go first."""
-    remove_stale_partials(target)
-    folder = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    lock = lock_temporary(folder)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        if lock is not None:
-            os.close(lock)
-
-
 def write_llava_records(
     output: str | os.PathLike[str],
     *,
@@ -84,9 +67,8 @@ def write_llava_records(
     if not captions and not texts:
         raise ValueError("Give at least one caption file or text-instruction file.")
     target = Path(output)
-    target.parent.mkdir(parents=True, exist_ok=True)
     counts = {"captions": 0, "texts": 0}
-    with _scratch_folder(target) as folder:
+    with partial_folder(target) as folder:
         parts: list[tuple[Path, Path | None]] = []
         for index, path in enumerate(captions):
             part = Path(folder) / f"captions-{index}.jsonl"

@@ -86,6 +86,22 @@ def remove_stale_partials(target: Path) -> None:
 
 
 @contextmanager
+def partial_folder(target: Path) -> Iterator[str]:
+    """A locked ``.<name>.XXXXXXXX.partial`` folder beside ``target`` (stale ones removed first), deleted on
+    exit unless the caller moved it into place: where a dataset folder or an export's scratch is written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target)
+    folder = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    lock = lock_temporary(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+@contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     """A text handle on a temporary sibling of ``path``, renamed to ``path`` only on success.
 
